@@ -1,0 +1,34 @@
+"""SAM-Veteran for FiftyOne: a reasoning-segmentation agent (a Qwen-VL policy driving Segment Anything).
+
+This file is both the FiftyOne plugin entry (`register`) and the package `sam_veteran`. It imports nothing heavy:
+`import sam_veteran` stays fast and FiftyOne-free; the SDK names below load on first use.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "Agent": "sam_veteran.plugin.agent",
+    "AgentConfig": "sam_veteran.plugin.agent",
+    "AgentInput": "sam_veteran.plugin.agent",
+    "SamSegmenter": "sam_veteran.plugin.agent",
+    "TransformersPolicy": "sam_veteran.plugin.agent",
+    "Trace": "sam_veteran.plugin.agent",
+    "SamVeteranModel": "sam_veteran.plugin.model",
+    "trace_to_labels": "sam_veteran.plugin.labels",
+    "write_tiny_models": "sam_veteran.plugin.agent.tiny",
+}
+
+__all__ = sorted(_EXPORTS) + ["register"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sam_veteran' has no attribute {name!r}")
+
+
+def register(p) -> None:
+    """FiftyOne's plugin hook: register every operator and panel listed in fiftyone.yml."""
+    from sam_veteran.plugin.operators import register as register_all
+
+    register_all(p)

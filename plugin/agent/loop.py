@@ -1,0 +1,207 @@
+"""The agent loop: box first, then clicks until the policy says stop or the step cap is reached.
+
+All samples of a batch advance together: one batched policy call per step for every unfinished sample, one
+batched image-encoder pass per batch (the embedding is reused by every refinement). Answers are repaired where
+the meaning is clear and recorded in the step's notes (inverted box corners swapped, coordinates clamped into the
+image); an answer that cannot be read is retried once with sampling, and if it still cannot be read the trace
+ends with `EndReason.PARSE_FAILURE`, keeping the last good mask. One bad sample never stops the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .images import as_rgb
+from .overlay import OverlayStyle, policy_view
+from .parsing import AnswerError, ParsedAnswer, parse_grounding, parse_refinement
+from .policy import DEFAULT_POLICY, Policy, PolicyRequest, TransformersPolicy
+from .segmenter import DEFAULT_SEGMENTER, ImageEmbedding, SamSegmenter, Segmenter
+from .trace import Action, EndReason, Step, Trace
+
+
+@dataclass
+class AgentConfig:
+    """How the loop runs. `input_size` overrides the family's policy image size when given."""
+
+    max_steps: int = 3
+    parse_retries: int = 1
+    input_size: tuple[int, int] | None = None
+    overlay: OverlayStyle = field(default_factory=OverlayStyle)
+
+
+@dataclass
+class AgentInput:
+    """One item: an image (H, W[, C] array of any dtype) and the query about it."""
+
+    image: np.ndarray
+    query: str
+
+
+@dataclass
+class _State:
+    """What one unfinished sample carries between steps."""
+
+    trace: Trace
+    image: np.ndarray
+    embedding: ImageEmbedding | None = None
+    box: tuple[float, float, float, float] | None = None
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    logits: object = None
+
+
+class Agent:
+    """Runs a policy and a segmenter together on batches of (image, query) items."""
+
+    def __init__(self, policy: Policy, segmenter: Segmenter, config: AgentConfig | None = None) -> None:
+        self.policy = policy
+        self.segmenter = segmenter
+        self.config = config or AgentConfig()
+        family = policy.family
+        self.family = family.with_input_size(self.config.input_size) if self.config.input_size else family
+
+    @classmethod
+    def from_pretrained(cls, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
+                        config: AgentConfig | None = None, device: str | None = None,
+                        trust_remote_code: bool = False, **policy_kwargs) -> "Agent":
+        """Load a policy (hub id or folder) and a segmenter (checkpoint path or SAM model type)."""
+        return cls(TransformersPolicy.from_pretrained(policy, device=device, trust_remote_code=trust_remote_code,
+                                                      **policy_kwargs),
+                   SamSegmenter.from_checkpoint(segmenter, device=device), config)
+
+    def run(self, items: Sequence[AgentInput]) -> list[Trace]:
+        """One trace per item, in order. Items with an unusable image or query end at once with the reason."""
+        states: list[_State] = []
+        traces: list[Trace] = []
+        for item in items:
+            trace, state = self._start(item)
+            traces.append(trace)
+            if state is not None:
+                states.append(state)
+        for state, embedding in zip(states, self.segmenter.encode([s.image for s in states])):
+            state.embedding = embedding
+        self._ground(states)
+        for index in range(1, self.config.max_steps + 1):
+            states = [s for s in states if not s.trace.ended]
+            if not states:
+                break
+            self._refine(states, index)
+        for state in states:
+            if not state.trace.ended:
+                state.trace.end_reason = EndReason.STEP_CAP
+        return traces
+
+    def _start(self, item: AgentInput) -> tuple[Trace, _State | None]:
+        query = item.query if isinstance(item.query, str) else ""
+        try:
+            image = as_rgb(item.image)
+        except ValueError as exc:
+            return Trace(query=query, image_size=(0, 0), end_reason=EndReason.INVALID_INPUT, error=str(exc)), None
+        trace = Trace(query=query, image_size=(image.shape[1], image.shape[0]))
+        if not query.strip():
+            trace.end_reason, trace.error = EndReason.INVALID_INPUT, "the query is empty"
+            return trace, None
+        return trace, _State(trace=trace, image=image)
+
+    def _ground(self, states: list[_State]) -> None:
+        """Step 0: a box from the query, then the segmenter's mask for it."""
+        requests = [PolicyRequest(policy_view(s.image, self.family.input_size), self.family.grounding_prompt(s.trace.query))
+                    for s in states]
+        for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse_grounding)):
+            step = Step(index=0, text=text, notes=notes)
+            state.trace.steps.append(step)
+            if answer is not None:
+                step.reasoning = answer.reasoning
+                error = self._set_box(state, answer, step)
+            if error is not None:
+                step.error = state.trace.error = error
+                state.trace.end_reason = EndReason.PARSE_FAILURE
+                continue
+            step.action = Action.BOX
+            self._segment(state, step)
+
+    def _refine(self, states: list[_State], index: int) -> None:
+        """Step k: clicks (or stop) from the image with the current mask drawn over it."""
+        requests = [PolicyRequest(policy_view(s.image, self.family.input_size, s.trace.mask, self.config.overlay),
+                                  self.family.refine_prompt(s.trace.query)) for s in states]
+        for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse_refinement)):
+            step = Step(index=index, text=text, notes=notes)
+            state.trace.steps.append(step)
+            if answer is None:
+                step.error = state.trace.error = error
+                state.trace.end_reason = EndReason.PARSE_FAILURE
+                continue
+            step.reasoning = answer.reasoning
+            if answer.stop:
+                step.action = Action.STOP
+                state.trace.end_reason = EndReason.AGENT_STOPPED
+                continue
+            size = state.trace.image_size
+            if answer.positive is not None:
+                step.positive = self._clamp_point(self.family.to_image(answer.positive, size), size, step, "positive")
+                state.points.append(step.positive)
+                state.labels.append(1)
+            if answer.negative is not None:
+                step.negative = self._clamp_point(self.family.to_image(answer.negative, size), size, step, "negative")
+                state.points.append(step.negative)
+                state.labels.append(0)
+            step.action = {(True, True): Action.POSITIVE_AND_NEGATIVE, (True, False): Action.POSITIVE,
+                           (False, True): Action.NEGATIVE}[(step.positive is not None, step.negative is not None)]
+            self._segment(state, step)
+
+    def _ask(self, requests: list[PolicyRequest], parse: Callable[[str], ParsedAnswer]):
+        """Generate for all requests; retry the unreadable ones with sampling, `parse_retries` times."""
+        texts = self.policy.generate(requests)
+        results = [self._parse(text, parse) for text in texts]
+        for attempt in range(self.config.parse_retries):
+            failed = [i for i, r in enumerate(results) if r[1] is None]
+            if not failed:
+                break
+            retried = self.policy.generate([requests[i] for i in failed], sample=True)
+            for i, text in zip(failed, retried):
+                first_error = results[i][3]
+                text_, answer, notes, error = self._parse(text, parse)
+                notes = [f"first answer unreadable ({first_error}); retry {attempt + 1} with sampling"] + notes
+                results[i] = (text_, answer, notes, error)
+        return results
+
+    @staticmethod
+    def _parse(text: str, parse: Callable[[str], ParsedAnswer]):
+        try:
+            answer = parse(text)
+            return text, answer, list(answer.notes), None
+        except AnswerError as exc:
+            return text, None, [], str(exc)
+
+    def _set_box(self, state: _State, answer: ParsedAnswer, step: Step) -> str | None:
+        """Map the box to image pixels, swap inverted corners, clamp it into the image; an error if nothing is left."""
+        width, height = state.trace.image_size
+        x1, y1, x2, y2 = self.family.box_to_image(answer.box, (width, height))
+        if x1 > x2 or y1 > y2:
+            step.notes.append("inverted box corners swapped")
+            x1, x2 = sorted((x1, x2))
+            y1, y2 = sorted((y1, y2))
+        clamped = (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
+                   min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+        if clamped != (x1, y1, x2, y2):
+            step.notes.append("box clamped into the image")
+        if clamped[2] - clamped[0] < 1 or clamped[3] - clamped[1] < 1:
+            return f"box {list(answer.box)} has no area inside the image"
+        state.box = step.box = clamped
+        return None
+
+    @staticmethod
+    def _clamp_point(xy: tuple[float, float], size: tuple[int, int], step: Step, name: str) -> tuple[float, float]:
+        x = min(max(xy[0], 0.0), size[0] - 1.0)
+        y = min(max(xy[1], 0.0), size[1] - 1.0)
+        if (x, y) != tuple(xy):
+            step.notes.append(f"{name} point clamped into the image")
+        return (x, y)
+
+    def _segment(self, state: _State, step: Step) -> None:
+        result = self.segmenter.segment(state.embedding, state.box, state.points, state.labels, state.logits)
+        step.box = state.box
+        step.mask, step.score, state.logits = result.mask, result.score, result.logits

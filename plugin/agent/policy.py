@@ -1,0 +1,97 @@
+"""The policy: a Qwen-VL model that reads the (overlaid) image and the prompt and answers in text.
+
+`TransformersPolicy` generates for a whole batch of requests at once (left padding), which is what keeps a GPU
+busy: the agent loop advances every unfinished sample one step per call. `messages` builds the chat the model
+sees; the trainer uses the same function, so what is trained is exactly what runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from PIL import Image
+
+from .prompts import ModelFamily, family_for
+
+DEFAULT_POLICY = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+@dataclass
+class PolicyRequest:
+    """One prompt for the policy: the image as the policy should see it, and the text."""
+
+    image: Image.Image
+    prompt: str
+
+
+class Policy(Protocol):
+    """What the agent needs from a policy; another model family or serving backend is one class implementing this."""
+
+    family: ModelFamily
+
+    def generate(self, requests: Sequence[PolicyRequest], sample: bool = False) -> list[str]: ...
+
+
+def messages(request: PolicyRequest, family: ModelFamily) -> list[dict]:
+    """The chat for one request: the family's system prompt, then the image and the prompt text."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": family.system_prompt}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]},
+    ]
+
+
+class TransformersPolicy:
+    """A Qwen2-VL / Qwen2.5-VL / Qwen3-VL model through `transformers`, generating in batches."""
+
+    def __init__(self, model, processor, family: ModelFamily | None = None, max_new_tokens: int = 512,
+                 batch_size: int = 8, temperature: float = 0.7) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.processor.tokenizer.padding_side = "left"
+        self.family = family or family_for(model.config.model_type)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.temperature = temperature
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_POLICY, device: str | None = None,
+                        dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+                        **kwargs) -> "TransformersPolicy":
+        """Load a hub id or a local folder; bf16 on a GPU, float32 on the CPU.
+
+        `trust_remote_code` stays off unless asked for: a checkpoint from a stranger cannot run code by default.
+        """
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype,
+                                                            trust_remote_code=trust_remote_code).to(device)
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return cls(model, processor, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, requests: Sequence[PolicyRequest]):
+        """Processor inputs (token ids, pixels, grids) for a batch of requests, left padded."""
+        texts = [self.processor.apply_chat_template(messages(r, self.family), add_generation_prompt=True,
+                                                    tokenize=False) for r in requests]
+        inputs = self.processor(text=texts, images=[r.image for r in requests], return_tensors="pt", padding=True)
+        return inputs.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[PolicyRequest], sample: bool = False) -> list[str]:
+        """Answer every request; greedy unless `sample` (used to retry an unreadable answer)."""
+        answers: list[str] = []
+        for start in range(0, len(requests), self.batch_size):
+            inputs = self.encode(requests[start : start + self.batch_size])
+            options = dict(do_sample=True, temperature=self.temperature) if sample else dict(do_sample=False)
+            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **options)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            answers += self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        return answers

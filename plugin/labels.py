@@ -1,0 +1,61 @@
+"""Traces as FiftyOne labels: the final mask, every step, every click.
+
+For a label field ``veteran`` a trace becomes three fields:
+- ``veteran_mask``: `fo.Segmentation` at image size (0 background, 1 object) with `num_steps`, `stopped_by_agent`,
+  `end_reason` and `error`;
+- ``veteran_steps``: `fo.Detections`, one per mask-producing step (`step`, `action`, `reasoning`, `confidence` = the
+  segmenter's predicted IoU, `prompt_box`); the detection box covers the prompt box and the mask together, so
+  the mask is never cropped;
+- ``veteran_clicks``: `fo.Keypoints`, one per click, labelled ``positive`` or ``negative``, with `step`.
+Coordinates are relative ([0, 1]) as FiftyOne expects.
+"""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import numpy as np
+
+from .agent.trace import Trace
+
+LABEL_KEYS = ("mask", "steps", "clicks")
+
+
+def trace_to_labels(trace: Trace) -> dict[str, fo.Label]:
+    """The three labels of one trace, keyed ``mask``, ``steps`` and ``clicks``."""
+    width, height = trace.image_size
+    mask = fo.Segmentation(mask=trace.mask.astype(np.uint8), num_steps=trace.num_steps,
+                           stopped_by_agent=trace.stopped_by_agent,
+                           end_reason=trace.end_reason.value if trace.end_reason else None, error=trace.error)
+    steps = []
+    for step in trace.mask_steps:
+        x1, y1, x2, y2 = _union_box(step.box, step.mask)
+        steps.append(fo.Detection(
+            label=f"step {step.index}",
+            bounding_box=[x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height],
+            mask=step.mask[y1:y2, x1:x2].copy(),
+            confidence=step.score,
+            step=step.index,
+            action=step.action.value if step.action else None,
+            reasoning=step.reasoning,
+            prompt_box=_relative_box(step.box, width, height),
+            notes=list(step.notes),
+        ))
+    clicks = [fo.Keypoint(label="positive" if positive else "negative", points=[(x / width, y / height)], step=index)
+              for index, (x, y), positive in trace.clicks]
+    return {"mask": mask, "steps": fo.Detections(detections=steps), "clicks": fo.Keypoints(keypoints=clicks)}
+
+
+def _union_box(box, mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Integer pixel box (x1, y1, x2, y2) that holds the prompt box and every pixel of the mask."""
+    height, width = mask.shape
+    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    ys, xs = np.nonzero(mask)
+    if len(xs):
+        x1, y1 = min(x1, int(xs.min())), min(y1, int(ys.min()))
+        x2, y2 = max(x2, int(xs.max()) + 1), max(y2, int(ys.max()) + 1)
+    return max(x1, 0), max(y1, 0), min(max(x2, x1 + 1), width), min(max(y2, y1 + 1), height)
+
+
+def _relative_box(box, width: int, height: int) -> list[float]:
+    return [box[0] / width, box[1] / height, (box[2] - box[0]) / width, (box[3] - box[1]) / height]

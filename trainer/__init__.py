@@ -1,0 +1,1 @@
+"""Multi-task GRPO training of the SAM-Veteran policy from FiftyOne views."""
