@@ -16,6 +16,8 @@ _EXPORTS = {
     "SamVeteranModel": "sam_veteran.plugin.model",
     "trace_to_labels": "sam_veteran.plugin.labels",
     "write_tiny_models": "sam_veteran.plugin.agent.tiny",
+    "import_reasonseg": "sam_veteran.plugin.datasets",
+    "import_refcoco": "sam_veteran.plugin.datasets",
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]

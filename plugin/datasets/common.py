@@ -1,0 +1,143 @@
+"""What both importers share: safe paths, polygon filling as LISA does it, image sizes, all-or-nothing loading.
+
+Malformed items are skipped and reported (a `Skipped` record names the file and the reason, logged and kept in
+``dataset.info["import"]["skipped"]``); a file name that points outside the dataset folder stops the import with
+`UnsafePathError`. Samples are added in chunks into a fresh dataset that is deleted again if anything fails, so a
+failed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IGNORE = 255
+COORDINATE_TOLERANCE = 1.0  # pixels a polygon point may lie outside the image (annotation tools snap to the edge)
+CHUNK = 64
+_ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+class MalformedItem(ValueError):
+    """An annotation that cannot become a sample; the item is skipped and reported."""
+
+
+class UnsafePathError(ValueError):
+    """A file name in the annotations points outside the dataset folder (``../`` or an absolute path)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    file: str
+    reason: str
+
+
+def safe_join(root: Path, name: str, source: str) -> Path:
+    """`root / name`, refusing names that are absolute or climb out of `root` (`source` names the offending file)."""
+    relative = Path(name)
+    if not name or relative.is_absolute() or relative.drive or ".." in relative.parts:
+        raise UnsafePathError(f"{source}: file name {name!r} points outside {root}; refusing to import")
+    path = root / relative
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UnsafePathError(f"{source}: file name {name!r} resolves outside {root}; refusing to import")
+    return path
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as the App shows the image (EXIF rotation applied), read from the header only."""
+    if not path.is_file():
+        raise MalformedItem(f"image not found: {path.name}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise MalformedItem(f"cannot read image {path.name}: {exc}") from None
+    return (height, width) if orientation in _ROTATED_ORIENTATIONS else (width, height)
+
+
+def check_polygon(points, width: int, height: int, what: str) -> np.ndarray:
+    """The polygon as an (N, 2) float array, or `MalformedItem` (fewer than 3 points, not numbers, outside the image)."""
+    try:
+        array = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise MalformedItem(f"{what}: points are not [x, y] number pairs") from None
+    if len(array) < 3:
+        raise MalformedItem(f"{what}: polygon with {len(array)} point(s), at least 3 needed")
+    if not np.isfinite(array).all():
+        raise MalformedItem(f"{what}: polygon has a non-finite coordinate")
+    low, high = -COORDINATE_TOLERANCE, np.array([width, height]) + COORDINATE_TOLERANCE
+    if (array < low).any() or (array > high).any():
+        raise MalformedItem(f"{what}: polygon reaches outside the {width}x{height} image")
+    return array
+
+
+def fill_polygons(polygons: list[tuple[np.ndarray, int]], width: int, height: int) -> np.ndarray:
+    """LISA's ground truth: polygons sorted by filled area, largest first, each drawn (outline and inside) with its
+    value, so smaller polygons drawn later win where they overlap. Coordinates are truncated to integers as LISA's
+    ``np.array(points, dtype=np.int32)`` does; ties in area keep LISA's order (reversed stable argsort)."""
+    areas = [int(_draw(np.zeros((height, width), np.uint8), points, 1).sum()) for points, _ in polygons]
+    mask = np.zeros((height, width), np.uint8)
+    for index in np.argsort(areas, kind="stable")[::-1]:
+        points, value = polygons[index]
+        _draw(mask, points, value)
+    return mask
+
+
+def _draw(mask: np.ndarray, points: np.ndarray, value: int) -> np.ndarray:
+    contour = np.array([points], dtype=np.int32)
+    cv2.polylines(mask, contour, True, value, 1)
+    cv2.fillPoly(mask, contour, value)
+    return mask
+
+
+def create_dataset(name: str | None, overwrite: bool, persistent: bool):
+    """A new empty dataset; an existing `name` is replaced only with `overwrite`."""
+    import fiftyone as fo
+
+    if name and fo.dataset_exists(name):
+        if not overwrite:
+            raise ValueError(f"dataset {name!r} already exists; pass overwrite=True to replace it")
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    dataset.persistent = persistent
+    return dataset
+
+
+def load_all_or_nothing(samples: Iterable, skipped: list[Skipped], info: dict, name: str | None, overwrite: bool,
+                        persistent: bool, source: str):
+    """Add the samples (a generator that may append to `skipped` as it goes) to a new dataset, in chunks; on any
+    failure, or when no item survives, delete the dataset and raise."""
+    dataset = create_dataset(name, overwrite, persistent)
+    try:
+        for chunk in _chunks(samples, CHUNK):
+            dataset.add_samples(chunk, progress=False)
+        if not len(dataset):
+            reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:5])
+            raise ValueError(f"no items imported from {source}" + (f" (skipped: {reasons})" if reasons else ""))
+        dataset.info["import"] = {**info, "items": len(dataset), "skipped": [asdict(s) for s in skipped]}
+        dataset.save()
+    except BaseException:
+        dataset.delete()
+        raise
+    for entry in skipped:
+        logger.warning("skipped %s: %s", entry.file, entry.reason)
+    return dataset
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
