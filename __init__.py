@@ -14,6 +14,8 @@ _EXPORTS = {
     "TransformersPolicy": "sam_veteran.plugin.agent",
     "Trace": "sam_veteran.plugin.agent",
     "SamVeteranModel": "sam_veteran.plugin.model",
+    "run_agent": "sam_veteran.plugin.inference",
+    "iter_run_agent": "sam_veteran.plugin.inference",
     "trace_to_labels": "sam_veteran.plugin.labels",
     "write_tiny_models": "sam_veteran.plugin.agent.tiny",
     "import_reasonseg": "sam_veteran.plugin.datasets",
