@@ -1,0 +1,41 @@
+"""IoU bands: the one definition shared by the curation tags and the evaluation panel's filters.
+
+Band ``i`` holds the IoUs with ``IOU_BAND_EDGES[i] <= iou < IOU_BAND_EDGES[i + 1]``; the last band also holds
+an IoU of exactly 1. The edges follow the method's own thresholds: below 0.5 a mask is a miss, 0.9 is where
+"needs refinement" ends. Anything that tags, counts or filters by band imports these names, so a band tag and
+a band filter always select the same samples.
+"""
+
+from __future__ import annotations
+
+IOU_BAND_EDGES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def band_index(iou: float | None) -> int | None:
+    """The band an IoU falls in (None for a missing IoU)."""
+    if iou is None:
+        return None
+    for index in range(len(IOU_BAND_EDGES) - 2, -1, -1):
+        if iou >= IOU_BAND_EDGES[index]:
+            return index
+    return 0
+
+
+def band_bounds(index: int) -> tuple[float, float]:
+    """(low, high) of band `index`."""
+    return IOU_BAND_EDGES[index], IOU_BAND_EDGES[index + 1]
+
+
+def band_label(index: int) -> str:
+    """The band's name, e.g. ``iou 0.50-0.75``; tags are ``<eval_key>:`` followed by it."""
+    low, high = band_bounds(index)
+    return f"iou {low:.2f}-{high:.2f}"
+
+
+def band_filter(iou_field: str, index: int):
+    """A view expression selecting the samples whose `iou_field` lies in band `index` (for ``view.match``)."""
+    from fiftyone import ViewField as F
+
+    low, high = band_bounds(index)
+    upper = F(iou_field) <= high if index == len(IOU_BAND_EDGES) - 2 else F(iou_field) < high
+    return (F(iou_field) >= low) & upper
