@@ -20,6 +20,7 @@ _EXPORTS = {
     "write_tiny_models": "sam_veteran.plugin.agent.tiny",
     "import_reasonseg": "sam_veteran.plugin.datasets",
     "import_refcoco": "sam_veteran.plugin.datasets",
+    "evaluate": "sam_veteran.plugin.evaluation",
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]

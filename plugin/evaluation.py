@@ -1,0 +1,283 @@
+"""Reasoning-segmentation evaluation stored as a FiftyOne evaluation run: gIoU/cIoU, the refinement curve, stop rates.
+
+`evaluate` scores a Segmentation field against a 0/1/255 ground truth under a protocol convention from
+`metrics.CONVENTIONS` (LISA's by default), writes ``<eval_key>_iou`` on every sample and registers the run, so
+``dataset.list_evaluations()`` lists it and ``dataset.load_evaluation_results(key)`` gives the results back.
+
+For an agent result (``<field>_mask`` with ``<field>_steps``, see `labels.py`) it also scores the mask after every
+step (a step's full-size mask is its detection mask pasted at its box) and writes them as ``<eval_key>_step_ious``
+(one IoU per mask the agent produced). The refinement curve carries each sample's last mask forward: a sample the
+agent stopped at step 1 still counts at steps 2 and 3 with its step-1 mask, so every point of the curve covers
+the same samples. A sample with no prediction counts as an empty mask at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import fiftyone as fo
+import fiftyone.core.evaluation as foe
+import numpy as np
+
+from .metrics import DEFAULT_CONVENTION, get_convention, item_ious, score_crop, score_item, summarize_counts
+
+CHUNK = 128  # samples whose masks are in memory at once
+HISTOGRAM_BINS = 10
+QUERY_TYPES = {True: "sentence", False: "phrase"}
+
+
+def evaluate(samples, pred_field: str, gt_field: str = "ground_truth", eval_key: str | None = "eval",
+             protocol: str = DEFAULT_CONVENTION, overwrite: bool = True,
+             progress: Callable[[float], None] | None = None) -> "ReasonSegResults":
+    """Score `pred_field` (a Segmentation field, or an agent label field such as ``veteran``) against `gt_field`.
+
+    `protocol` names a convention of `metrics.CONVENTIONS`. With an `eval_key` the run is stored on the dataset and
+    ``<eval_key>_iou`` (and for agent results ``<eval_key>_step_ious``) written on every sample; an existing run
+    with that key is replaced when `overwrite`. Nothing is written until every sample has been scored, so a bad
+    sample (named in the error) leaves earlier evaluations as they were. `progress` receives fractions done.
+    """
+    get_convention(protocol)
+    mask_field, steps_field = resolve_prediction_fields(samples, pred_field)
+    _require_segmentation(samples, gt_field)
+    config = ReasonSegEvaluationConfig(pred_field, gt_field, protocol=protocol, mask_field=mask_field,
+                                       steps_field=steps_field)
+    method = config.build()
+    if eval_key is not None:
+        method.validate_run(samples, eval_key, overwrite=overwrite)
+    results = method.evaluate_samples(samples, eval_key, progress)
+    if eval_key is not None:
+        method.register_run(samples, eval_key, overwrite=overwrite)
+        method.write_fields(samples, eval_key, results)
+        method.save_run_results(samples, eval_key, results)
+    return results
+
+
+def resolve_prediction_fields(samples, pred_field: str) -> tuple[str, str | None]:
+    """(mask field, steps field or None): ``veteran`` and ``veteran_mask`` both name the agent result ``veteran``."""
+    schema = samples.get_field_schema()
+    if pred_field in schema:
+        _require_segmentation(samples, pred_field)
+        base = pred_field[: -len("_mask")] if pred_field.endswith("_mask") else None
+        mask_field = pred_field
+    elif f"{pred_field}_mask" in schema:
+        mask_field, base = f"{pred_field}_mask", pred_field
+        _require_segmentation(samples, mask_field)
+    else:
+        raise ValueError(f"no field {pred_field!r} (nor {pred_field}_mask) on {samples._root_dataset.name!r}")
+    steps = f"{base}_steps" if base else None
+    field = schema.get(steps) if steps else None
+    has_steps = field is not None and issubclass(getattr(field, "document_type", object), fo.Detections)
+    return mask_field, steps if has_steps else None
+
+
+def _require_segmentation(samples, field_name: str) -> None:
+    field = samples.get_field(field_name)
+    if field is None or not issubclass(getattr(field, "document_type", object), fo.Segmentation):
+        raise ValueError(f"{field_name!r} is not a Segmentation field of {samples._root_dataset.name!r}")
+
+
+class ReasonSegEvaluationConfig(foe.EvaluationMethodConfig):
+    """What was evaluated and how: the fields, the protocol convention, the agent fields found."""
+
+    def __init__(self, pred_field: str, gt_field: str, protocol: str = DEFAULT_CONVENTION,
+                 mask_field: str | None = None, steps_field: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.pred_field = pred_field
+        self.gt_field = gt_field
+        self.protocol = protocol
+        self.mask_field = mask_field or pred_field
+        self.steps_field = steps_field
+
+    @property
+    def type(self) -> str:
+        return "reasoning_segmentation"
+
+    @property
+    def method(self) -> str:
+        return "sam_veteran"
+
+
+class ReasonSegEvaluation(foe.EvaluationMethod):
+    """Scores samples and owns the fields a run writes (FiftyOne calls `cleanup` and `rename` on them)."""
+
+    def get_fields(self, samples, eval_key):
+        fields = [f"{eval_key}_iou"]
+        if self.config.steps_field:
+            fields.append(f"{eval_key}_step_ious")
+        return fields
+
+    def cleanup(self, samples, eval_key):
+        samples._dataset.delete_sample_fields(self.get_fields(samples, eval_key), error_level=1)
+
+    def rename(self, samples, eval_key, new_eval_key):
+        names = dict(zip(self.get_fields(samples, eval_key), self.get_fields(samples, new_eval_key)))
+        samples._dataset.rename_sample_fields(names)
+
+    def _validate_run(self, samples, eval_key, existing_info):
+        self._validate_fields_match(eval_key, "pred_field", existing_info)
+        self._validate_fields_match(eval_key, "gt_field", existing_info)
+
+    def evaluate_samples(self, samples, eval_key=None, progress=None) -> "ReasonSegResults":
+        config = self.config
+        convention = get_convention(config.protocol)
+        ids = samples.values("id")
+        is_sentence = samples.values("is_sentence") if samples.has_field("is_sentence") else [None] * len(ids)
+        scores, step_scores, stopped = [], [], []
+        for start in range(0, len(ids), CHUNK):
+            chunk = samples.select(ids[start:start + CHUNK], ordered=True)
+            for row in zip(*_read_chunk(chunk, config)):
+                sample_id, ground_truth, prediction, steps, by_agent = row
+                prediction = _ensure_mask(prediction, ground_truth, sample_id, config.mask_field)
+                scores.append(score_item(prediction, ground_truth, convention))
+                step_scores.append(_score_steps(steps, ground_truth, convention, sample_id, config.steps_field))
+                stopped.append(bool(by_agent))
+            if progress is not None:
+                progress(min(start + CHUNK, len(ids)) / max(len(ids), 1))
+        return ReasonSegResults(
+            samples, config, eval_key, ids=ids,
+            intersections=[s.intersection for s in scores], unions=[s.union for s in scores],
+            step_intersections=[[s.intersection for s in row] for row in step_scores],
+            step_unions=[[s.union for s in row] for row in step_scores],
+            stopped_by_agent=stopped, is_sentence=is_sentence, backend=self)
+
+    def write_fields(self, samples, eval_key: str, results: "ReasonSegResults") -> None:
+        """``<eval_key>_iou`` (None where the convention leaves the item out) and the per-step IoUs (NaN there: a
+        list field holds no None)."""
+        samples.set_values(f"{eval_key}_iou", [None if np.isnan(v) else float(v) for v in results.ious])
+        if self.config.steps_field:
+            samples.set_values(f"{eval_key}_step_ious", [row.tolist() for row in results.step_ious])
+
+
+def _read_chunk(chunk, config):
+    """Per sample: id, ground-truth mask, prediction label, step detections, stopped by the agent."""
+    mask_field, gt_field, steps_field = config.mask_field, config.gt_field, config.steps_field
+    ids, gts, predictions = chunk.values(["id", gt_field, mask_field])
+    steps = chunk.values(f"{steps_field}.detections") if steps_field else [None] * len(ids)
+    stopped = chunk.values(f"{mask_field}.stopped_by_agent") if steps_field else [False] * len(ids)
+    ground_truths = []
+    for sample_id, label in zip(ids, gts):
+        if label is None or (label.mask is None and not label.mask_path):
+            raise ValueError(f"sample {sample_id} has no {gt_field} mask")
+        ground_truths.append(label.get_mask())
+    return ids, ground_truths, predictions, steps, stopped
+
+
+def _ensure_mask(label, ground_truth: np.ndarray, sample_id: str, field: str) -> np.ndarray | None:
+    if label is None or (label.mask is None and not label.mask_path):
+        return None
+    mask = label.get_mask()
+    if mask.shape[:2] != ground_truth.shape:
+        raise ValueError(f"sample {sample_id}: {field} mask is {mask.shape[1]}x{mask.shape[0]}, the ground truth "
+                         f"{ground_truth.shape[1]}x{ground_truth.shape[0]}")
+    return mask if mask.ndim == 2 else mask.any(axis=2)
+
+
+def _score_steps(detections, ground_truth, convention, sample_id, field):
+    """Scores of every step mask, in step order; each mask is its detection mask pasted at its box."""
+    if not detections:
+        return []
+    height, width = ground_truth.shape
+    scores = []
+    for detection in sorted(detections, key=lambda d: d["step"] if d["step"] is not None else 0):
+        if detection.mask is None:
+            raise ValueError(f"sample {sample_id}: {field} step {detection['step']} has no mask")
+        x, y = int(round(detection.bounding_box[0] * width)), int(round(detection.bounding_box[1] * height))
+        crop = detection.mask[: max(height - y, 0), : max(width - x, 0)]
+        scores.append(score_crop(crop, x, y, ground_truth, convention))
+    return scores
+
+
+class ReasonSegResults(foe.EvaluationResults):
+    """Per-sample intersections and unions (final and after every step) and the summaries built from them."""
+
+    def __init__(self, samples, config, eval_key, ids, intersections, unions, step_intersections=None,
+                 step_unions=None, stopped_by_agent=None, is_sentence=None, backend=None):
+        super().__init__(samples, config, eval_key, backend=backend)
+        self.ids = list(ids)
+        self.intersections = [int(v) for v in intersections]
+        self.unions = [int(v) for v in unions]
+        self.step_intersections = [list(map(int, r)) for r in (step_intersections or [[] for _ in self.ids])]
+        self.step_unions = [list(map(int, r)) for r in (step_unions or [[] for _ in self.ids])]
+        self.stopped_by_agent = [bool(v) for v in (stopped_by_agent or [False] * len(self.ids))]
+        self.is_sentence = list(is_sentence) if is_sentence is not None else [None] * len(self.ids)
+
+    @property
+    def protocol(self) -> str:
+        return self.config.protocol
+
+    @property
+    def ious(self) -> np.ndarray:
+        """Per-sample IoU of the final mask (NaN where the convention leaves the item out)."""
+        return item_ious(self.intersections, self.unions, self.protocol)
+
+    @property
+    def step_ious(self) -> list[np.ndarray]:
+        """Per-sample IoUs after each of its own steps (not carried forward)."""
+        return [item_ious(i, u, self.protocol) for i, u in zip(self.step_intersections, self.step_unions)]
+
+    @property
+    def num_steps(self) -> list[int]:
+        return [len(row) for row in self.step_intersections]
+
+    def metrics(self) -> dict:
+        """``{"gIoU", "cIoU", "count"}`` over the evaluated samples (fractions in [0, 1])."""
+        return summarize_counts(self.intersections, self.unions, self.protocol)
+
+    def step_curve(self) -> list[dict]:
+        """gIoU/cIoU after each step, every sample's last mask carried forward (samples without steps count with
+        their final score); `refined` = samples that produced a mask at that step."""
+        depth = max(self.num_steps, default=0)
+        curve = []
+        for step in range(depth):
+            inter, union = [], []
+            for i, row_i, row_u in zip(range(len(self.ids)), self.step_intersections, self.step_unions):
+                inter.append(row_i[min(step, len(row_i) - 1)] if row_i else self.intersections[i])
+                union.append(row_u[min(step, len(row_u) - 1)] if row_u else self.unions[i])
+            summary = summarize_counts(inter, union, self.protocol)
+            curve.append({"step": step, "gIoU": summary["gIoU"], "cIoU": summary["cIoU"],
+                          "refined": sum(n > step for n in self.num_steps)})
+        return curve
+
+    def stop_rates(self) -> list[dict]:
+        """Per step: how many samples the agent stopped by itself after seeing that step's mask, as a share of all
+        evaluated samples, and the cumulative share."""
+        depth = max(self.num_steps, default=0)
+        total = max(len(self.ids), 1)
+        rows, cumulative = [], 0
+        for step in range(depth):
+            count = sum(s and n - 1 == step for s, n in zip(self.stopped_by_agent, self.num_steps))
+            cumulative += count
+            rows.append({"step": step, "stopped": count, "share": count / total, "cumulative_share": cumulative / total})
+        return rows
+
+    def by_query_type(self) -> dict[str, dict]:
+        """Metrics split by ``is_sentence`` (``sentence`` / ``phrase``) where the samples carry it."""
+        split = {}
+        for flag, name in QUERY_TYPES.items():
+            rows = [i for i, v in enumerate(self.is_sentence) if v is flag]
+            if rows:
+                split[name] = summarize_counts([self.intersections[i] for i in rows],
+                                               [self.unions[i] for i in rows], self.protocol)
+        return split
+
+    def histogram(self, bins: int = HISTOGRAM_BINS) -> list[dict]:
+        """Counts of final IoUs in `bins` equal bins over [0, 1] (the last bin includes 1)."""
+        ious = self.ious[~np.isnan(self.ious)]
+        counts, edges = np.histogram(ious, bins=bins, range=(0.0, 1.0))
+        return [{"low": float(edges[i]), "high": float(edges[i + 1]), "count": int(counts[i])} for i in range(bins)]
+
+    def report(self) -> dict:
+        """Everything at once: metrics, curve, stop rates, split by query type, histogram, protocol."""
+        return {"protocol": self.protocol, "metrics": self.metrics(), "step_curve": self.step_curve(),
+                "stop_rates": self.stop_rates(), "by_query_type": self.by_query_type(),
+                "histogram": self.histogram()}
+
+    def attributes(self):
+        return ["cls", "ids", "intersections", "unions", "step_intersections", "step_unions", "stopped_by_agent",
+                "is_sentence"]
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, eval_key, **kwargs):
+        return cls(samples, config, eval_key, d["ids"], d["intersections"], d["unions"],
+                   step_intersections=d.get("step_intersections"), step_unions=d.get("step_unions"),
+                   stopped_by_agent=d.get("stopped_by_agent"), is_sentence=d.get("is_sentence"), **kwargs)

@@ -1,0 +1,138 @@
+"""`evaluate` as a FiftyOne evaluation run, on agent labels made from hand-written traces with known IoUs."""
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam_veteran.plugin.agent.trace import Action, EndReason, Step, Trace
+from sam_veteran.plugin.evaluation import evaluate
+from sam_veteran.plugin.labels import failure_labels, trace_to_labels
+
+W, H = 10, 8
+
+
+def _mask(rows, cols):
+    mask = np.zeros((H, W), bool)
+    mask[rows[0]:rows[1], cols[0]:cols[1]] = True
+    return mask
+
+
+def _trace(masks, end_reason):
+    steps = [Step(i, "", Action.BOX if i == 0 else Action.POSITIVE, box=(0, 0, 2, 2), mask=m)
+             for i, m in enumerate(masks)]
+    if end_reason is EndReason.AGENT_STOPPED:
+        steps.append(Step(len(masks), "", Action.STOP))
+    return Trace("q", (W, H), steps, end_reason)
+
+
+def _gt(target=None, ignore=None):
+    gt = np.zeros((H, W), np.uint8)
+    if target is not None:
+        gt[target] = 1
+    if ignore is not None:
+        gt[ignore] = 255
+    return fo.Segmentation(mask=gt)
+
+
+@pytest.fixture
+def agent_dataset(tmp_path):
+    """A: IoU 0.6 then 1.0, stopped by the agent; B: 0.5, 2/3, 0.5, 0.9 to the step cap; C: no result (an
+    unreadable image); D: empty target, empty mask, stopped at once."""
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(path)
+    items = [
+        (True, _gt(_mask((2, 6), (2, 7))), _gt(ignore=_mask((2, 6), (7, 8))).mask,
+         trace_to_labels(_trace([_mask((2, 6), (2, 5)), _mask((2, 6), (2, 8))], EndReason.AGENT_STOPPED))),
+        (False, _gt(_mask((0, 2), (0, 10))), None,
+         trace_to_labels(_trace([_mask((0, 4), (0, 10)), _mask((0, 3), (0, 10)), _mask((0, 2), (0, 5)),
+                                 _mask((0, 2), (0, 9))], EndReason.STEP_CAP))),
+        (True, _gt(_mask((4, 8), (0, 5))), None, failure_labels("cannot read image")),
+        (False, _gt(), None, trace_to_labels(_trace([np.zeros((H, W), bool)], EndReason.AGENT_STOPPED))),
+    ]
+    dataset = fo.Dataset()
+    samples = []
+    for is_sentence, gt, ignore, labels in items:
+        if ignore is not None:
+            gt.mask[ignore == 255] = 255
+        samples.append(fo.Sample(filepath=str(path), is_sentence=is_sentence, ground_truth=gt,
+                                 veteran_mask=labels["mask"], veteran_steps=labels["steps"]))
+    dataset.add_samples(samples)
+    yield dataset
+    dataset.delete()
+
+
+def test_agent_run_is_a_fiftyone_evaluation(agent_dataset):
+    results = evaluate(agent_dataset, "veteran", eval_key="eval")
+    assert agent_dataset.list_evaluations() == ["eval"]
+    info = agent_dataset.get_evaluation_info("eval")
+    assert info.config.protocol == "lisa" and info.config.steps_field == "veteran_steps"
+
+    assert results.metrics() == {"gIoU": pytest.approx((1 + 0.9 + 0 + 1) / 4), "cIoU": pytest.approx(38 / 60),
+                                 "count": 4}
+    assert agent_dataset.values("eval_iou") == pytest.approx([1.0, 0.9, 0.0, 1.0])
+    step_ious = agent_dataset.values("eval_step_ious")
+    assert step_ious[0] == pytest.approx([0.6, 1.0]) and step_ious[1] == pytest.approx([0.5, 2 / 3, 0.5, 0.9])
+    assert step_ious[2] == [] and step_ious[3] == [1.0]
+
+    curve = results.step_curve()
+    assert [c["gIoU"] for c in curve] == pytest.approx([2.1 / 4, (2 + 2 / 3) / 4, 2.5 / 4, 2.9 / 4])
+    assert [c["cIoU"] for c in curve] == pytest.approx([32 / 80, 40 / 70, 30 / 60, 38 / 60])
+    assert [c["refined"] for c in curve] == [3, 2, 1, 1]
+    stops = results.stop_rates()
+    assert [s["stopped"] for s in stops] == [1, 1, 0, 0]
+    assert [s["cumulative_share"] for s in stops] == [0.25, 0.5, 0.5, 0.5]
+    split = results.by_query_type()
+    assert split["sentence"] == {"gIoU": 0.5, "cIoU": 0.5, "count": 2}
+    assert split["phrase"]["gIoU"] == pytest.approx(0.95) and split["phrase"]["cIoU"] == pytest.approx(0.9)
+    assert sum(b["count"] for b in results.histogram()) == 4 and results.histogram()[-1]["count"] == 3
+
+    agent_dataset.clear_cache()
+    reloaded = agent_dataset.load_evaluation_results("eval", cache=False)
+    assert reloaded is not results and reloaded.report() == results.report()
+
+
+@pytest.mark.parametrize("protocol, giou, count, last_iou", [
+    ("empty_zero", 1.9 / 4, 4, 0.0), ("skip_empty", 1.9 / 3, 3, None)])
+def test_conventions_change_empty_items(agent_dataset, protocol, giou, count, last_iou):
+    results = evaluate(agent_dataset, "veteran_mask", eval_key="other", protocol=protocol)
+    assert results.metrics() == {"gIoU": pytest.approx(giou), "cIoU": pytest.approx(38 / 60), "count": count}
+    assert agent_dataset.values("other_iou")[3] == last_iou
+
+
+def test_ignore_as_background_counts_ignore_pixels(agent_dataset):
+    results = evaluate(agent_dataset, "veteran", eval_key="bg", protocol="ignore_as_background")
+    assert agent_dataset.values("bg_step_ious")[0] == pytest.approx([0.6, 20 / 24])
+
+
+def test_plain_segmentation_field_rename_overwrite_and_delete(agent_dataset):
+    agent_dataset.clone_sample_field("veteran_mask", "pred")
+    results = evaluate(agent_dataset, "pred", eval_key="plain")
+    assert results.step_curve() == [] and results.stop_rates() == []
+    assert not agent_dataset.has_field("plain_step_ious")
+    evaluate(agent_dataset.limit(2), "pred", eval_key="plain")  # overwrite on a view
+    assert agent_dataset.load_evaluation_results("plain").metrics()["count"] == 2
+    assert agent_dataset.values("plain_iou")[:2] == pytest.approx([1.0, 0.9])
+    agent_dataset.rename_evaluation("plain", "renamed")
+    assert agent_dataset.has_field("renamed_iou") and not agent_dataset.has_field("plain_iou")
+    agent_dataset.delete_evaluation("renamed")
+    assert not agent_dataset.has_field("renamed_iou") and agent_dataset.list_evaluations() == []
+
+
+def test_bad_samples_are_named_and_nothing_is_written(agent_dataset):
+    evaluate(agent_dataset, "veteran", eval_key="eval")
+    sample = agent_dataset.last()
+    sample["veteran_mask"] = fo.Segmentation(mask=np.zeros((3, 3), np.uint8))
+    sample.save()
+    with pytest.raises(ValueError, match=f"sample {sample.id}.*3x3"):
+        evaluate(agent_dataset, "veteran", eval_key="eval")
+    sample["ground_truth"] = None
+    sample.save()
+    with pytest.raises(ValueError, match=f"sample {sample.id} has no ground_truth"):
+        evaluate(agent_dataset, "veteran", eval_key="second")
+    assert agent_dataset.list_evaluations() == ["eval"]
+    assert agent_dataset.values("eval_iou") == pytest.approx([1.0, 0.9, 0.0, 1.0])
+    with pytest.raises(ValueError, match="not a Segmentation field"):
+        evaluate(agent_dataset, "is_sentence")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        evaluate(agent_dataset, "veteran", protocol="coco")
