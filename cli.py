@@ -101,7 +101,83 @@ def demo(args) -> int:
     return 0
 
 
-COMMANDS = [add_demo, add_tiny_models]
+def add_import(subparsers) -> None:
+    parser = subparsers.add_parser("import", help="import ReasonSeg or a RefCOCO-family split as a FiftyOne dataset")
+    formats = parser.add_subparsers(dest="format", required=True)
+    reasonseg = formats.add_parser("reasonseg", help="LISA's ReasonSeg folders (image + JSON pairs)")
+    reasonseg.add_argument("directory", type=Path, help="a split folder, or the root holding train/val/test")
+    reasonseg.add_argument("--split", help="only this split folder of the root")
+    refcoco = formats.add_parser("refcoco", help="RefCOCO, RefCOCO+, RefCOCOg (REFER layout) or gRefCOCO")
+    refcoco.add_argument("directory", type=Path, help="the REFER data root (holding refcocog/, grefcoco/, ...)")
+    refcoco.add_argument("--dataset", default="refcocog", choices=["refcoco", "refcoco+", "refcocog", "grefcoco"])
+    refcoco.add_argument("--split-by", help="unc, umd or google (default: umd for refcocog, unc otherwise)")
+    refcoco.add_argument("--split", default="val", help="train, val, test, testA, testB or 'all' (default val)")
+    refcoco.add_argument("--images-dir", type=Path,
+                         help="COCO train2014 images (default ROOT/images/mscoco/images/train2014)")
+    for sub in (reasonseg, refcoco):
+        sub.add_argument("--name", help="dataset name (default: derived from the format and split)")
+        sub.add_argument("--first-text-only", action="store_true", help="one item per image/ref: its first text")
+        sub.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")
+    parser.set_defaults(handler=run_import)
+
+
+def run_import(args) -> int:
+    from .plugin.datasets import import_reasonseg, import_refcoco
+
+    options = {"first_text_only": args.first_text_only, "overwrite": args.overwrite, "persistent": True}
+    if args.format == "reasonseg":
+        name = args.name or f"reasonseg-{args.split or args.directory.resolve().name}"
+        dataset = import_reasonseg(args.directory, name=name, split=args.split, **options)
+    else:
+        split = None if args.split == "all" else args.split
+        name = args.name or f"{args.dataset}-{args.split}"
+        dataset = import_refcoco(args.directory, dataset=args.dataset, split_by=args.split_by, split=split,
+                                 images_dir=args.images_dir, name=name, **options)
+    skipped = dataset.info["import"]["skipped"]
+    print(f"imported {len(dataset)} items into dataset '{dataset.name}' (tags: {', '.join(dataset.distinct('tags'))})")
+    for entry in skipped:
+        print(f"skipped {entry['file']}: {entry['reason']}")
+    return 0
+
+
+def add_eval(subparsers) -> None:
+    from .plugin.metrics import CONVENTIONS
+
+    parser = subparsers.add_parser("eval", help="gIoU/cIoU of a prediction field, stored as a FiftyOne evaluation")
+    parser.add_argument("dataset", help="FiftyOne dataset name")
+    parser.add_argument("pred_field", help="a Segmentation field, or an agent label field such as 'veteran'")
+    parser.add_argument("--gt-field", default="ground_truth")
+    parser.add_argument("--eval-key", default="eval")
+    parser.add_argument("--protocol", default="lisa", choices=list(CONVENTIONS))
+    parser.add_argument("--json", action="store_true", help="print the full report as one JSON line")
+    parser.set_defaults(handler=run_eval)
+
+
+def run_eval(args) -> int:
+    import fiftyone as fo
+
+    from .plugin.evaluation import evaluate
+
+    if not fo.dataset_exists(args.dataset):
+        raise SystemExit(f"no FiftyOne dataset named {args.dataset!r}")
+    results = evaluate(fo.load_dataset(args.dataset), args.pred_field, gt_field=args.gt_field,
+                       eval_key=args.eval_key, protocol=args.protocol)
+    report = results.report()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    metrics = report["metrics"]
+    print(f"{args.dataset} / {args.pred_field} ({args.protocol}): gIoU {metrics['gIoU']:.4f}  "
+          f"cIoU {metrics['cIoU']:.4f}  over {metrics['count']} items; stored as evaluation '{args.eval_key}'")
+    for name, split in report["by_query_type"].items():
+        print(f"  {name}: gIoU {split['gIoU']:.4f}  cIoU {split['cIoU']:.4f}  ({split['count']} items)")
+    for point, stop in zip(report["step_curve"], report["stop_rates"]):
+        print(f"  after step {point['step']}: gIoU {point['gIoU']:.4f}  cIoU {point['cIoU']:.4f}  "
+              f"refined {point['refined']}  agent stopped {stop['cumulative_share']:.1%} so far")
+    return 0
+
+
+COMMANDS = [add_demo, add_tiny_models, add_import, add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -247,7 +247,8 @@ class ReasonSegResults(foe.EvaluationResults):
         for step in range(depth):
             count = sum(s and n - 1 == step for s, n in zip(self.stopped_by_agent, self.num_steps))
             cumulative += count
-            rows.append({"step": step, "stopped": count, "share": count / total, "cumulative_share": cumulative / total})
+            rows.append({"step": step, "stopped": count, "share": count / total,
+                         "cumulative_share": cumulative / total})
         return rows
 
     def by_query_type(self) -> dict[str, dict]:

@@ -64,7 +64,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def check_polygon(points, width: int, height: int, what: str) -> np.ndarray:
-    """The polygon as an (N, 2) float array, or `MalformedItem` (fewer than 3 points, not numbers, outside the image)."""
+    """The polygon as an (N, 2) float array, or `MalformedItem` (under 3 points, not numbers, outside the image)."""
     try:
         array = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     except (TypeError, ValueError):
