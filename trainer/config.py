@@ -1,0 +1,134 @@
+"""Training configuration: one dataclass, read from YAML, defaults as in the paper.
+
+A YAML file mirrors `TrainConfig` (sections `data`, `tasks`, `rewards`, `sampling`, `lora`, and the top-level
+fields); unknown keys are errors, so a typo never silently falls back to a default. `trl` passes any further
+`trl.GRPOConfig` / `transformers.TrainingArguments` field through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .rewards import RewardConfig
+from .tasks import TaskConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Where the training samples come from: a FiftyOne dataset, optionally narrowed by a serialized view."""
+
+    dataset: str | None = None
+    view: list[dict] | None = None  # view stages as `view._serialize()` writes them
+    tags: list[str] | None = None  # keep samples with any of these tags (e.g. ["train"])
+    query_field: str = "query"
+    gt_field: str = "ground_truth"
+    max_samples: int | None = None
+
+
+@dataclass
+class SamplingConfig:
+    """Dynamic sampling (DAPO-inspired): oversample, then keep a diverse group; off after `steps`."""
+
+    enabled: bool = True
+    oversample: int = 2  # candidates generated per kept completion
+    nms_iou: float = 0.8
+    action_ratio: tuple[float, float, float, float] = (1, 2, 2, 1)  # stop, positive, negative, both
+    steps: int = 300
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    # the language model's projections only (the vision tower's blocks use other names or stay frozen)
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class TrainConfig:
+    policy: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    segmenter: str = "vit_h"
+    output_dir: str = "runs/sam-veteran"
+    input_size: tuple[int, int] | None = None  # overrides the family's policy image size, as AgentConfig does
+    tiny: bool = False  # tiny local models and a generated dataset: offline smoke runs
+    tiny_samples: int = 8
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # GRPO, as in the paper: 16 prompts x 8 rollouts per step, AdamW lr 1e-6, weight decay 0.01, KL 0.005
+    num_generations: int = 8
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 16
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.01
+    beta: float = 0.005
+    temperature: float = 1.0
+    max_completion_length: int = 512
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    save_steps: int = 100
+    logging_steps: int = 1
+    seed: int = 42
+    bf16: bool | None = None  # default: on when a GPU is present
+    gradient_checkpointing: bool = True
+    deepspeed: str | None = None  # a DeepSpeed JSON config, relative paths resolved against the YAML file
+    use_cpu: bool = False
+    torch_threads: int | None = None  # CPU threads for torch; 1 is far faster for tiny models on a busy machine
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest" for the newest in output_dir
+    trl: dict[str, Any] = field(default_factory=dict)
+
+
+def _build(cls, values: dict, where: str):
+    """A dataclass from a dict, recursing into nested dataclasses; unknown keys raise with their location."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where or 'config'}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _build(type(default), value, f"{where}.{name}" if where else name)
+        elif isinstance(value, list) and name in ("input_size", "action_ratio", "iou_gain_tiers", "defect_scale"):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    return _build(TrainConfig, values, "")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML config; a relative `deepspeed` path is taken relative to the YAML file."""
+    path = Path(path)
+    config = config_from_dict(yaml.safe_load(path.read_text()) or {})
+    if config.deepspeed and not Path(config.deepspeed).is_absolute():
+        config.deepspeed = str((path.parent / config.deepspeed).resolve())
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    """The config as plain YAML-able data (tuples become lists)."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))

@@ -1,0 +1,318 @@
+"""The three task streams of multi-task GRPO, built from a FiftyOne view.
+
+- grounding: image + query -> a box;
+- mask: image + query + a mask overlay -> clicks or stop. The masks come from the segmenter run on perturbed
+  ground-truth boxes ("needs refinement", mostly) and from the ground truth itself ("good enough");
+- auxiliary: the ground-truth mask corrupted with random polygons (an added area is a false positive, a removed
+  area a false negative) -> a negative click on the added area, a positive click on the removed one.
+
+FiftyOne is read once, in bulk (`values()`), into `SampleRecord`s; every `TaskRecord` holds plain numbers and
+run-length-encoded masks, so the rewards never touch FiftyOne. `task_dataset` renders each prompt with the agent's
+own `messages`, prompts and `policy_view`: what is trained is exactly what runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+from ..plugin.agent.images import load_image
+from ..plugin.agent.overlay import OverlayStyle, policy_view
+from ..plugin.agent.policy import PolicyRequest, messages
+from ..plugin.agent.prompts import ModelFamily
+from .rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, MASK, REFINE, TASKS, mask_box, mask_centre,
+                      tolerant_iou)
+
+logger = logging.getLogger(__name__)
+
+IGNORE_VALUE = 255
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A boolean mask as COCO run-length encoding (a few hundred bytes instead of a full array)."""
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    return mask_utils.decode(rle).astype(bool)
+
+
+@dataclass
+class SampleRecord:
+    """One (image, query) item of the view with its ground truth: target and ignore masks, image-sized."""
+
+    sample_id: str
+    filepath: str
+    query: str
+    target: np.ndarray  # bool (H, W)
+    ignore: np.ndarray | None  # bool (H, W), pixels marked 255
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.target.shape[1], self.target.shape[0])
+
+
+@dataclass
+class TaskRecord:
+    """One training prompt and what its rewards need. Boxes and points are in original-image pixels."""
+
+    task: str
+    sample_id: str
+    filepath: str
+    query: str
+    image_size: tuple[int, int]  # (width, height)
+    gt_box: tuple[float, float, float, float]
+    gt_rle: dict
+    ignore_rle: dict | None = None
+    shown_rle: dict | None = None  # the mask drawn over the image (mask and auxiliary tasks)
+    mask_source: str | None = None  # "segmenter" or "ground_truth"
+    prompt_box: tuple[float, float, float, float] | None = None  # the box the segmenter was prompted with
+    shown_iou: float | None = None  # near-edge-tolerant IoU of the shown mask
+    case: str | None = None  # "good", "refine" or "ambiguous" (mask task)
+    false_negative_centre: tuple[float, float] | None = None  # auxiliary: centre of the removed area
+    false_positive_centre: tuple[float, float] | None = None  # auxiliary: centre of the added area
+
+    def gt_mask(self) -> np.ndarray:
+        return decode_mask(self.gt_rle)
+
+    def ignore_mask(self) -> np.ndarray | None:
+        return None if self.ignore_rle is None else decode_mask(self.ignore_rle)
+
+    def shown_mask(self) -> np.ndarray | None:
+        return None if self.shown_rle is None else decode_mask(self.shown_rle)
+
+    def load_image(self) -> np.ndarray:
+        return load_image(self.filepath)
+
+
+@dataclass
+class TaskConfig:
+    """How the task streams are drawn. `ratios` need not sum to 1; `items_per_sample` sets the dataset size."""
+
+    ratios: dict[str, float] = field(default_factory=lambda: {GROUNDING: 0.4, MASK: 0.4, AUXILIARY: 0.2})
+    items_per_sample: float = 3.0
+    box_jitter: float = 0.15  # std of each box corner's noise, as a fraction of the box's width / height
+    good_share: float = 0.3  # share of mask items that show the ground truth (a good-enough mask)
+    good_iou: float = 1.0  # tolerant IoU at or above which a mask is good enough
+    refine_iou: float = 0.9  # tolerant IoU below which a mask needs refinement
+    edge_tolerance: int = 2  # pixels around the ground truth's edge that the tolerant IoU forgives
+    defect_scale: tuple[float, float] = (0.15, 0.4)  # polygon radius, as a fraction of the object's box size
+    defect_kinds: dict[str, float] = field(default_factory=lambda: {"add": 0.4, "remove": 0.4, "both": 0.2})
+    min_defect_fraction: float = 0.03  # smallest defect, as a fraction of the object's area
+    encode_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        unknown = set(self.ratios) - set(TASKS)
+        if unknown or not any(v > 0 for v in self.ratios.values()) or any(v < 0 for v in self.ratios.values()):
+            raise ValueError(f"task ratios must be non-negative weights over {TASKS} with one positive, "
+                             f"got {self.ratios}")
+        if set(self.defect_kinds) - {"add", "remove", "both"}:
+            raise ValueError(f"defect kinds are 'add', 'remove', 'both', got {sorted(self.defect_kinds)}")
+
+
+def read_view(view, query_field: str = "query", gt_field: str = "ground_truth") -> list[SampleRecord]:
+    """Read queries and ground-truth masks (`fo.Segmentation`: 0 background, 1 target, 255 ignore) in bulk.
+
+    Samples without a query or a target pixel cannot teach anything and are skipped, each reported by id.
+    """
+    ids, paths, queries, masks, mask_paths, widths, heights = view.values(
+        ["id", "filepath", query_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
+         "metadata.height"])
+    records, skipped = [], []
+    for sample_id, path, query, mask, mask_path, width, height in zip(ids, paths, queries, masks, mask_paths,
+                                                                       widths, heights):
+        if mask is None and mask_path:
+            mask = np.asarray(Image.open(mask_path))
+        if not isinstance(query, str) or not query.strip():
+            skipped.append(f"{sample_id}: no query in '{query_field}'")
+            continue
+        if mask is None:
+            skipped.append(f"{sample_id}: no mask in '{gt_field}'")
+            continue
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if width and height and mask.shape != (height, width):
+            skipped.append(f"{sample_id}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}")
+            continue
+        ignore = mask == IGNORE_VALUE
+        target = (mask > 0) & ~ignore
+        if not target.any():
+            skipped.append(f"{sample_id}: the ground truth has no target pixel")
+            continue
+        records.append(SampleRecord(sample_id, path, query, target, ignore if ignore.any() else None))
+    if skipped:
+        logger.warning("skipped %d of %d samples: %s", len(skipped), len(ids), "; ".join(skipped[:20]))
+    if not records:
+        raise ValueError(f"no usable training sample in the view ({len(skipped)} skipped): " + "; ".join(skipped[:5]))
+    return records
+
+
+def allocate(total: int, ratios: dict[str, float]) -> dict[str, int]:
+    """Split `total` items across tasks in proportion to `ratios` (largest remainder, ties in `TASKS` order)."""
+    weights = np.array([max(ratios.get(t, 0.0), 0.0) for t in TASKS], dtype=float)
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(int)
+    for i in sorted(range(len(TASKS)), key=lambda i: (counts[i] - exact[i], i))[: total - counts.sum()]:
+        counts[i] += 1
+    return dict(zip(TASKS, counts.tolist()))
+
+
+def build_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig | None = None,
+                seed: int = 0) -> list[TaskRecord]:
+    """Draw the mixed task list (shuffled) from the samples; the segmenter makes the mask task's masks."""
+    config = config or TaskConfig()
+    rng = np.random.default_rng(seed)
+    counts = allocate(max(1, round(config.items_per_sample * len(samples))), config.ratios)
+    picks = {task: [samples[i % len(samples)] for i in
+                    np.concatenate([rng.permutation(len(samples)) for _ in range(n // len(samples) + 1)])[:n]]
+             for task, n in counts.items()}
+    records = [_base(GROUNDING, s) for s in picks[GROUNDING]]
+    records += _mask_tasks(picks[MASK], segmenter, config, rng)
+    records += [_auxiliary_task(s, config, rng) for s in picks[AUXILIARY]]
+    return [records[i] for i in rng.permutation(len(records))]
+
+
+def _base(task: str, sample: SampleRecord, **fields) -> TaskRecord:
+    return TaskRecord(task=task, sample_id=sample.sample_id, filepath=sample.filepath, query=sample.query,
+                      image_size=sample.image_size, gt_box=mask_box(sample.target), gt_rle=encode_mask(sample.target),
+                      ignore_rle=None if sample.ignore is None else encode_mask(sample.ignore), **fields)
+
+
+def _mask_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig, rng) -> list[TaskRecord]:
+    """Mask-comprehension items: the ground truth for a `good_share`, else the segmenter on a perturbed box."""
+    good = rng.random(len(samples)) < config.good_share
+    out = [_base(MASK, s, shown_rle=encode_mask(s.target), mask_source="ground_truth",
+                 prompt_box=mask_box(s.target), shown_iou=1.0, case=GOOD)
+           for s, g in zip(samples, good) if g]
+    perturbed = [s for s, g in zip(samples, good) if not g]
+    for start in range(0, len(perturbed), config.encode_batch_size):
+        chunk = perturbed[start : start + config.encode_batch_size]
+        embeddings = segmenter.encode([_image_for(s) for s in chunk])
+        for sample, embedding in zip(chunk, embeddings):
+            box = perturb_box(mask_box(sample.target), sample.image_size, config.box_jitter, rng)
+            shown = segmenter.segment(embedding, box).mask
+            iou = tolerant_iou(shown, sample.target, sample.ignore, config.edge_tolerance)
+            case = GOOD if iou >= config.good_iou - 1e-9 else REFINE if iou < config.refine_iou else AMBIGUOUS
+            out.append(_base(MASK, sample, shown_rle=encode_mask(shown), mask_source="segmenter", prompt_box=box,
+                             shown_iou=iou, case=case))
+    return out
+
+
+def _image_for(sample: SampleRecord) -> np.ndarray:
+    image = load_image(sample.filepath)
+    if image.shape[:2] != sample.target.shape:
+        raise ValueError(f"sample {sample.sample_id}: ground-truth mask is {sample.target.shape[1]}x"
+                         f"{sample.target.shape[0]} but the image {sample.filepath} is {image.shape[1]}x{image.shape[0]}")
+    return image
+
+
+def perturb_box(box, image_size: tuple[int, int], jitter: float, rng) -> tuple[float, float, float, float]:
+    """The box with each corner moved by Gaussian noise (std `jitter` x the box size), kept inside the image."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    noise = rng.normal(0.0, jitter, 4) * np.array([w, h, w, h])
+    x1, y1, x2, y2 = np.array(box) + noise
+    x1, x2 = sorted((x1, x2))
+    y1, y2 = sorted((y1, y2))
+    width, height = image_size
+    x1, x2 = np.clip([x1, max(x2, x1 + 2)], 0, width)
+    y1, y2 = np.clip([y1, max(y2, y1 + 2)], 0, height)
+    if x2 - x1 < 2:
+        x1 = max(0.0, x2 - 2)
+    if y2 - y1 < 2:
+        y1 = max(0.0, y2 - 2)
+    return (float(x1), float(y1), float(x2), float(y2))
+
+
+def random_polygon(centre: tuple[float, float], radius: float, size: tuple[int, int], rng) -> np.ndarray:
+    """A filled random star-shaped polygon (3-8 vertices) around `centre`, as a boolean mask of `size` (w, h)."""
+    count = int(rng.integers(3, 9))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, count))
+    radii = radius * rng.uniform(0.5, 1.0, count)
+    points = [(centre[0] + r * np.cos(a), centre[1] + r * np.sin(a)) for a, r in zip(angles, radii)]
+    layer = Image.new("L", size, 0)
+    ImageDraw.Draw(layer).polygon(points, fill=255)
+    return np.asarray(layer) > 0
+
+
+def corrupt_mask(sample: SampleRecord, kind: str, config: TaskConfig, rng, tries: int = 20):
+    """The ground truth with a polygon added outside it ("add"), removed from it ("remove") or both.
+
+    Returns (corrupted mask, false-negative centre, false-positive centre); a defect smaller than
+    `min_defect_fraction` of the object is redrawn, up to `tries` times (then the largest drawn is kept).
+    """
+    target = sample.target
+    x1, y1, x2, y2 = mask_box(target)
+    scale = max(x2 - x1, y2 - y1)
+    minimum = config.min_defect_fraction * np.count_nonzero(target)
+    allowed = ~target if sample.ignore is None else ~target & ~sample.ignore
+
+    def draw(region: np.ndarray, pick_from: np.ndarray) -> np.ndarray:
+        best = np.zeros_like(target)
+        ys, xs = np.nonzero(pick_from)
+        for _ in range(tries):
+            i = int(rng.integers(len(xs)))
+            radius = scale * rng.uniform(*config.defect_scale)
+            defect = random_polygon((xs[i] + 0.5, ys[i] + 0.5), radius, sample.image_size, rng) & region
+            if np.count_nonzero(defect) > np.count_nonzero(best):
+                best = defect
+            if np.count_nonzero(best) >= minimum:
+                break
+        return best
+
+    corrupted, fn_centre, fp_centre = target.copy(), None, None
+    if kind in ("remove", "both"):
+        removed = draw(target, target)
+        corrupted &= ~removed
+        fn_centre = mask_centre(removed)
+    if kind in ("add", "both"):
+        near = np.zeros_like(target)
+        pad = int(scale * 0.25) + 1
+        near[max(0, int(y1) - pad): int(y2) + pad, max(0, int(x1) - pad): int(x2) + pad] = True
+        near &= allowed
+        if near.any():
+            added = draw(allowed, near)
+            corrupted |= added
+            fp_centre = mask_centre(added)
+    return corrupted, fn_centre, fp_centre
+
+
+def _auxiliary_task(sample: SampleRecord, config: TaskConfig, rng) -> TaskRecord:
+    kinds = list(config.defect_kinds)
+    weights = np.array([config.defect_kinds[k] for k in kinds], dtype=float)
+    kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+    corrupted, fn_centre, fp_centre = corrupt_mask(sample, kind, config, rng)
+    return _base(AUXILIARY, sample, shown_rle=encode_mask(corrupted), mask_source="ground_truth",
+                 prompt_box=mask_box(sample.target), false_negative_centre=fn_centre, false_positive_centre=fp_centre)
+
+
+def task_dataset(records: list[TaskRecord], family: ModelFamily, overlay: OverlayStyle = OverlayStyle()):
+    """The task records as a `datasets.Dataset` (what TRL takes) rendered on access into TRL rows: the agent's
+    chat (`prompt`), the policy's view (`image`), the `task` and the `record` the rewards read."""
+    from datasets import Dataset
+
+    def render(batch: dict) -> dict:
+        rows = [render_record(records[i], family, overlay) for i in batch["index"]]
+        return {key: [row[key] for row in rows] for key in ("prompt", "image", "task", "record")}
+
+    dataset = Dataset.from_dict({"index": list(range(len(records)))})
+    dataset.set_transform(render)
+    return dataset
+
+
+def render_record(record: TaskRecord, family: ModelFamily, overlay: OverlayStyle = OverlayStyle()) -> dict:
+    """One TRL row, built with the agent's own prompts, overlay and chat: what is trained is what runs."""
+    image = record.load_image()
+    if record.task == GROUNDING:
+        view = policy_view(image, family.input_size)
+        prompt = family.grounding_prompt(record.query)
+    else:
+        view = policy_view(image, family.input_size, record.shown_mask(), overlay)
+        prompt = family.refine_prompt(record.query)
+    return {"prompt": messages(PolicyRequest(view, prompt), family), "image": view, "task": record.task,
+            "record": record}

@@ -1,0 +1,212 @@
+"""Putting a training run together: view -> tasks -> GRPO -> checkpoints a `SamVeteranModel` loads.
+
+`train(config)` is the one entry point (the CLI, `python -m sam_veteran.trainer`, `accelerate launch` and the
+Train operator all call it). It writes into `output_dir`:
+
+- ``checkpoint-N/``: TRL/transformers checkpoints (model or LoRA adapter, processor, optimiser, scheduler, RNG,
+  trainer state); resume with ``resume_from_checkpoint``;
+- ``final/``: the trained policy as a full model with its processor (a LoRA adapter is merged into the base
+  weights), which ``SamVeteranModel(policy=".../final")`` and ``TransformersPolicy.from_pretrained`` load;
+- ``metrics.jsonl``: every logged metric per step; ``runs/``: the same for TensorBoard;
+- ``config.yaml``: the configuration the run used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from transformers import TrainerCallback
+
+from .config import TrainConfig, config_to_dict
+from .tasks import build_tasks, read_view, task_dataset
+
+logger = logging.getLogger(__name__)
+
+TINY_DATASET = "sam-veteran-train-tiny"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_model: Path
+    metrics_log: Path
+    global_step: int
+    num_records: int
+
+
+class MetricsLogCallback(TrainerCallback):
+    """Append every log event (one JSON object per line) to ``metrics.jsonl``, from the main process only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def resolve_models(config: TrainConfig) -> tuple[str, str]:
+    """(policy, segmenter) paths or ids; the tiny local models when `config.tiny`."""
+    if config.tiny:
+        from ..cli import tiny_model_paths
+
+        return tiny_model_paths()
+    return config.policy, config.segmenter
+
+
+def load_view(config: TrainConfig):
+    """The training samples: the configured dataset (narrowed by its view and tags), or the tiny generated one."""
+    import fiftyone as fo
+
+    data = config.data
+    if config.tiny and data.dataset is None:
+        from ..cli import cache_dir
+        from ..plugin.demo import build_demo_dataset
+
+        return build_demo_dataset(cache_dir() / "train-tiny", num_samples=config.tiny_samples, name=TINY_DATASET,
+                                  seed=config.seed)
+    if not data.dataset:
+        raise ValueError("no training data: set data.dataset to a FiftyOne dataset name (or use --tiny)")
+    if not fo.dataset_exists(data.dataset):
+        raise ValueError(f"FiftyOne dataset {data.dataset!r} does not exist")
+    dataset = fo.load_dataset(data.dataset)
+    view = fo.DatasetView._build(dataset, data.view) if data.view else dataset.view()
+    if data.tags:
+        view = view.match_tags(data.tags)
+    if data.max_samples:
+        view = view.limit(data.max_samples)
+    return view
+
+
+def grpo_args(config: TrainConfig, policy: str):
+    """The `trl.GRPOConfig` for this run (the method's settings first, then `config.trl` on top)."""
+    import torch
+    from transformers import GenerationConfig
+    from trl import GRPOConfig
+
+    bf16 = torch.cuda.is_available() and not config.use_cpu if config.bf16 is None else config.bf16
+    try:
+        suppress = GenerationConfig.from_pretrained(policy).suppress_tokens
+    except OSError:
+        suppress = None
+    values = dict(
+        output_dir=config.output_dir, num_generations=config.num_generations,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay, beta=config.beta, temperature=config.temperature,
+        max_completion_length=config.max_completion_length, num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps, save_steps=config.save_steps, logging_steps=config.logging_steps,
+        seed=config.seed, bf16=bf16, gradient_checkpointing=config.gradient_checkpointing,
+        deepspeed=config.deepspeed, use_cpu=config.use_cpu, report_to=config.report_to,
+        scale_rewards="none", loss_type="grpo", remove_unused_columns=False,
+        model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
+        reward_weights=None, generation_kwargs={"suppress_tokens": list(suppress)} if suppress else None,
+    )
+    for key in ("scale_rewards",):
+        if key in config.trl:
+            raise ValueError(f"trl.{key} is set by the trainer (global-batch normalisation); remove it")
+    values.update(config.trl)
+    return GRPOConfig(**values)
+
+
+def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None):
+    """Everything up to `trainer.train()`: returns (trainer, records)."""
+    from accelerate import PartialState
+    from peft import LoraConfig as PeftLoraConfig
+    from transformers import AutoConfig, AutoProcessor
+
+    from ..plugin.agent.prompts import family_for
+    from ..plugin.agent.segmenter import SamSegmenter
+    from .grpo import SamVeteranGRPOTrainer
+    from .rewards import build_reward_functions
+
+    policy, segmenter_path = resolve_models(config)
+    args = grpo_args(config, policy)
+    family = family_for(AutoConfig.from_pretrained(policy).model_type)
+    if config.input_size:
+        family = family.with_input_size(config.input_size)
+    device = PartialState(cpu=config.use_cpu).device
+    segmenter = SamSegmenter.from_checkpoint(segmenter_path, device=device)
+    samples = read_view(view if view is not None else load_view(config), config.data.query_field,
+                        config.data.gt_field)
+    records = build_tasks(samples, segmenter, config.tasks, seed=config.seed)
+    rewards = build_reward_functions(family, config.rewards, segmenter)
+    args.reward_weights = [config.rewards.weights.get(f.name, 1.0) for f in rewards]
+    peft_config = None
+    if config.lora.enabled:
+        peft_config = PeftLoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                                     target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+    processor = AutoProcessor.from_pretrained(policy, padding_side="left")
+    trainer = SamVeteranGRPOTrainer(
+        model=policy, reward_funcs=rewards, args=args, train_dataset=task_dataset(records, family),
+        processing_class=processor, peft_config=peft_config, sampling=config.sampling,
+        callbacks=[MetricsLogCallback(Path(config.output_dir) / "metrics.jsonl"), *(callbacks or [])],
+    )
+    return trainer, records
+
+
+def latest_checkpoint(output_dir: str | Path) -> str | None:
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def save_final(trainer, directory: Path) -> None:
+    """The policy as a full model + processor; a LoRA adapter is merged into a copy of the base weights."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_deepspeed_enabled:
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
+    else:
+        state = None
+    if not trainer.accelerator.is_main_process:
+        return
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+        state = None
+    model.save_pretrained(directory, state_dict=state)
+    trainer.processing_class.save_pretrained(directory)
+
+
+def train(config: TrainConfig, view=None) -> TrainResult:
+    """Run GRPO as configured; returns where the final model and the metrics log are."""
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    import torch
+
+    threads = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        return _train(config, view, output_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, view, output_dir: Path) -> TrainResult:
+    trainer, records = build_trainer(config, view)
+    resume = config.resume_from_checkpoint
+    if resume == "latest":
+        resume = latest_checkpoint(output_dir)
+        if resume is None:
+            logger.warning("resume_from_checkpoint='latest' but %s holds no checkpoint: starting fresh", output_dir)
+    elif resume and not Path(resume).is_dir():
+        raise FileNotFoundError(f"checkpoint to resume from not found: {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    final = output_dir / "final"
+    save_final(trainer, final)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(output_dir=output_dir, final_model=final, metrics_log=output_dir / "metrics.jsonl",
+                       global_step=trainer.state.global_step, num_records=len(records))
+
+
+def set_offline_defaults() -> None:
+    """Tiny runs need no network: keep the Hub client from trying."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
