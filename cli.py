@@ -177,7 +177,21 @@ def run_eval(args) -> int:
     return 0
 
 
-COMMANDS = [add_demo, add_tiny_models, add_import, add_eval]
+def add_train(subparsers) -> None:
+    from .trainer.cli import add_arguments
+
+    parser = subparsers.add_parser("train", help="multi-task GRPO training of the policy on a FiftyOne view")
+    add_arguments(parser)
+    parser.set_defaults(handler=train)
+
+
+def train(args) -> int:
+    from .trainer.cli import run
+
+    return run(args)
+
+
+COMMANDS = [add_demo, add_tiny_models, add_import, add_eval, add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
