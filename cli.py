@@ -91,6 +91,11 @@ def demo(args) -> int:
         print(f"gIoU {summary['gIoU']:.3f}  cIoU {summary['cIoU']:.3f}  masks per sample "
               f"{summary['mean_masks_per_sample']:.2f}")
         print("why traces ended: " + ", ".join(f"{k} {v}" for k, v in summary["end_reasons"].items()))
+        for point, stop in zip(summary["step_curve"], summary["stop_rates"]):
+            print(f"  after step {point['step']}: gIoU {point['gIoU']:.3f}  cIoU {point['cIoU']:.3f}  "
+                  f"agent stopped {stop['cumulative_share']:.0%} so far")
+        print(f"stored as evaluation '{summary['eval_key']}' (LISA protocol); in the App open the panel "
+              "'SAM-Veteran evaluation' (+ beside the Samples tab) for the curves and the worst samples")
         print(f"seconds: {summary['seconds']}")
     if args.app or (not args.no_app and not args.json and sys.stdin.isatty()
                     and input("Open the FiftyOne App on the results? [y/N] ").strip().lower() == "y"):

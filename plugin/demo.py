@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = ((320, 240), (240, 320), (400, 300), (256, 256))
+EVAL_KEY = "eval"
 
 
 @dataclass
@@ -79,8 +80,9 @@ def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str = 
 
 def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: int = 8, max_steps: int = 3,
              batch_size: int = 4, device: str | None = None, **policy_kwargs) -> tuple[object, dict]:
-    """Build the dataset, run the agent on it, score it; returns (dataset, summary)."""
-    from .metrics import score_item, summarize
+    """Build the dataset, run the agent on it, evaluate it (LISA's protocol, evaluation key ``eval``, the one the
+    evaluation panel opens); returns (dataset, summary)."""
+    from .evaluation import evaluate
     from .model import SamVeteranModel
 
     started = time.perf_counter()
@@ -89,16 +91,13 @@ def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: in
     loaded = time.perf_counter()
     dataset.apply_model(model, label_field="veteran", prompt_field="query", batch_size=batch_size)
     ran = time.perf_counter()
-    scores, reasons, steps = [], Counter(), []
-    for sample in dataset.select_fields(["veteran_mask", "ground_truth"]):
-        prediction = sample["veteran_mask"]
-        scores.append(score_item(prediction.mask if prediction else None, sample["ground_truth"].mask))
-        reasons[prediction.end_reason if prediction else "no_result"] += 1
-        steps.append(prediction.num_steps if prediction else 0)
+    results = evaluate(dataset, "veteran", eval_key=EVAL_KEY)
+    reasons = Counter(r or "no_result" for r in dataset.values("veteran_mask.end_reason"))
     summary = {
         "dataset": dataset.name, "samples": len(dataset), "policy": str(policy), "segmenter": str(segmenter),
-        **{k: v for k, v in summarize(scores).items() if k != "count"},
-        "end_reasons": dict(reasons), "mean_masks_per_sample": float(np.mean(steps)) if steps else 0.0,
+        **{k: v for k, v in results.metrics().items() if k != "count"},
+        "end_reasons": dict(reasons), "mean_masks_per_sample": float(np.mean(results.num_steps or [0])),
+        "eval_key": EVAL_KEY, "step_curve": results.step_curve(), "stop_rates": results.stop_rates(),
         "seconds": {"load": round(loaded - started, 2), "agent": round(ran - loaded, 2),
                     "total": round(time.perf_counter() - started, 2)},
     }
