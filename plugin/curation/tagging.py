@@ -74,6 +74,6 @@ def tag_from_evaluation(samples, eval_key: str = "eval", margin: float = 0.05, g
             added.append(QUERY_TAGS[sentence])
         for tag in added:
             counts[tag] = counts.get(tag, 0) + 1
-        new_tags.append([t for t in tags if t not in ours] + added)
+        new_tags.append([t for t in tags or [] if t not in ours] + added)
     samples.set_values("tags", new_tags)
     return dict(sorted(counts.items()))
