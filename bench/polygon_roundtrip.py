@@ -4,9 +4,10 @@
 
 For each mask: the polygons `export_reasonseg` writes are filled again (1) as LISA and `import_reasonseg` fill them
 (OpenCV, points at pixel centres) and (2) as pycocotools fills COCO polygons (points at pixel corners), and the
-pixels that differ from the mask are counted, also as a share of the mask's boundary pixels, and those farther
-than one pixel from the boundary. Masks: the demo's
-scenes, the real ReasonSeg annotations in the shared data, and speckled random masks (the worst case).
+pixels that differ from the mask are counted, as a share of the mask and of its boundary pixels, and those
+farther than one pixel from the boundary (pycocotools also drops the cut lines between the hole-free pieces of a
+region with holes). Masks: the demo's scenes, the real ReasonSeg annotations in the shared data, and speckled
+random masks (the worst case).
 """
 
 from __future__ import annotations
