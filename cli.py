@@ -196,7 +196,51 @@ def train(args) -> int:
     return run(args)
 
 
-COMMANDS = [add_demo, add_tiny_models, add_import, add_eval, add_train]
+def add_export(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="export a dataset or a view of it as ReasonSeg folders or REFER files")
+    formats = parser.add_subparsers(dest="format", required=True)
+    reasonseg = formats.add_parser("reasonseg", help="LISA's ReasonSeg folders (image + JSON polygons per split)")
+    refer = formats.add_parser("refer", help="the REFER layout: refs(...).p + instances.json (RLE) + images")
+    refer.add_argument("--benchmark", default="refcocog", choices=["refcoco", "refcoco+", "refcocog", "grefcoco"],
+                       help="the dataset folder and refs format (grefcoco allows empty ground truths)")
+    refer.add_argument("--split-by", help="unc, umd or google (default: umd for refcocog, unc otherwise)")
+    for sub in (reasonseg, refer):
+        sub.add_argument("dataset", help="FiftyOne dataset name")
+        sub.add_argument("export_dir", type=Path, help="a new or empty folder")
+        sub.add_argument("--saved-view", help="export this saved view of the dataset")
+        sub.add_argument("--tags", nargs="+", help="export only the samples with any of these tags")
+        sub.add_argument("--gt-field", default="ground_truth")
+        sub.add_argument("--query-field", default="query")
+        sub.add_argument("--split", help="put every sample in this split (default: each sample's split tag)")
+        sub.add_argument("--overwrite", action="store_true", help="replace a previous export in EXPORT_DIR")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args) -> int:
+    import fiftyone as fo
+
+    from .plugin.datasets.exporters import export_reasonseg, export_refer
+
+    if not fo.dataset_exists(args.dataset):
+        raise SystemExit(f"no FiftyOne dataset named {args.dataset!r}")
+    dataset = fo.load_dataset(args.dataset)
+    view = dataset.load_saved_view(args.saved_view) if args.saved_view else dataset.view()
+    if args.tags:
+        view = view.match_tags(args.tags)
+    options = {"gt_field": args.gt_field, "query_field": args.query_field, "split": args.split,
+               "overwrite": args.overwrite}
+    if args.format == "reasonseg":
+        summary = export_reasonseg(view, args.export_dir, **options)
+    else:
+        summary = export_refer(view, args.export_dir, dataset=args.benchmark, split_by=args.split_by, **options)
+    print(f"exported {summary['items']} items ({summary['images']} images, splits: {', '.join(summary['splits'])}) "
+          f"as {summary['format']} into {summary['export_dir']}")
+    if summary.get("ignore_dropped"):
+        print(f"{summary['ignore_dropped']} samples had ignore pixels: REFER has no ignore label, they are background")
+    return 0
+
+
+COMMANDS = [add_demo, add_tiny_models, add_import, add_eval, add_train, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

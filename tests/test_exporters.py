@@ -207,3 +207,18 @@ def test_real_coco_masks_survive_refer_export(shared_data, tmp_path):
     assert items(second) == items(first) and len(second) == 2 * len(annotations)
     first.delete()
     second.delete()
+
+
+def test_cli_exports_a_tagged_view(source, tmp_path, capsys):
+    from sam_veteran.cli import main
+
+    assert main(["export", "reasonseg", source.name, str(tmp_path / "rs"), "--tags", "val"]) == 0
+    assert "exported 4 items (3 images, splits: val)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "rs").iterdir()) == [MANIFEST, "val"]
+    source.save_view("test-only", source.match_tags("test"))
+    assert main(["export", "refer", source.name, str(tmp_path / "refer"), "--saved-view", "test-only",
+                 "--benchmark", "refcoco", "--split-by", "unc"]) == 0
+    assert "2 samples had ignore pixels" in capsys.readouterr().out
+    assert (tmp_path / "refer" / "refcoco" / "refs(unc).p").is_file()
+    with pytest.raises(FileExistsError):
+        main(["export", "reasonseg", source.name, str(tmp_path / "rs")])
