@@ -346,13 +346,15 @@ class IoUGainReward(SegmenterReward):
                                self.config.iou_gain_tiers)
 
 
-def build_reward_functions(family: ModelFamily, config: RewardConfig, segmenter) -> list[RewardFunction]:
-    """Every reward of the method, in a fixed order (their names key the metrics and `config.weights`)."""
+def build_reward_functions(family: ModelFamily, config: RewardConfig, segmenter, extra: list | None = None) -> list:
+    """Every reward of the method in a fixed order, then `extra` TRL reward functions; their names key the
+    metrics and `config.weights`."""
     functions = [FormatReward(family, config), AnswerFormatReward(family, config), BoxIoUReward(family, config),
                  BoxL1Reward(family, config), SamIoUReward(family, config, segmenter),
                  DecisionReward(family, config), IoUGainReward(family, config, segmenter),
-                 AuxiliaryPointReward(family, config)]
-    unknown = set(config.weights) - {f.name for f in functions}
+                 AuxiliaryPointReward(family, config), *(extra or [])]
+    names = [f.__name__ for f in functions]
+    unknown = set(config.weights) - set(names)
     if unknown:
-        raise ValueError(f"unknown reward names in weights: {sorted(unknown)}; known: {[f.name for f in functions]}")
+        raise ValueError(f"unknown reward names in weights: {sorted(unknown)}; known: {names}")
     return functions

@@ -115,8 +115,12 @@ def grpo_args(config: TrainConfig, policy: str):
     return GRPOConfig(**values)
 
 
-def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None):
-    """Everything up to `trainer.train()`: returns (trainer, records)."""
+def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None, extra_rewards: list | None = None):
+    """Everything up to `trainer.train()`: returns (trainer, records).
+
+    `extra_rewards` are further TRL reward functions added to the method's (weight 1 unless `rewards.weights`
+    names them), e.g. a length penalty.
+    """
     from accelerate import PartialState
     from peft import LoraConfig as PeftLoraConfig
     from transformers import AutoConfig, AutoProcessor
@@ -136,8 +140,8 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None)
     samples = read_view(view if view is not None else load_view(config), config.data.query_field,
                         config.data.gt_field)
     records = build_tasks(samples, segmenter, config.tasks, seed=config.seed)
-    rewards = build_reward_functions(family, config.rewards, segmenter)
-    args.reward_weights = [config.rewards.weights.get(f.name, 1.0) for f in rewards]
+    rewards = build_reward_functions(family, config.rewards, segmenter, extra_rewards)
+    args.reward_weights = [config.rewards.weights.get(f.__name__, 1.0) for f in rewards]
     peft_config = None
     if config.lora.enabled:
         peft_config = PeftLoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
@@ -174,8 +178,9 @@ def save_final(trainer, directory: Path) -> None:
     trainer.processing_class.save_pretrained(directory)
 
 
-def train(config: TrainConfig, view=None) -> TrainResult:
-    """Run GRPO as configured; returns where the final model and the metrics log are."""
+def train(config: TrainConfig, view=None, extra_rewards: list | None = None) -> TrainResult:
+    """Run GRPO as configured on `view` (default: the configured dataset); returns where the final model and the
+    metrics log are."""
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -185,13 +190,13 @@ def train(config: TrainConfig, view=None) -> TrainResult:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     try:
-        return _train(config, view, output_dir)
+        return _train(config, view, output_dir, extra_rewards)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, view, output_dir: Path) -> TrainResult:
-    trainer, records = build_trainer(config, view)
+def _train(config: TrainConfig, view, output_dir: Path, extra_rewards) -> TrainResult:
+    trainer, records = build_trainer(config, view, extra_rewards=extra_rewards)
     resume = config.resume_from_checkpoint
     if resume == "latest":
         resume = latest_checkpoint(output_dir)

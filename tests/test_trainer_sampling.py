@@ -1,0 +1,71 @@
+"""Dynamic sampling keeps diverse boxes (NMS at IoU 0.8) and the 1:2:2:1 action mix."""
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sam_veteran.trainer.rewards import box_iou
+from sam_veteran.trainer.sampling import (ACTION_TYPES, BOTH, NEGATIVE, POSITIVE, STOP, action_type, quotas,
+                                          select_actions, select_boxes)
+
+
+def test_quotas_follow_the_ratio():
+    assert quotas(6, (1, 2, 2, 1)) == [1, 2, 2, 1]
+    assert quotas(12, (1, 2, 2, 1)) == [2, 4, 4, 2]
+    assert quotas(8, (1, 2, 2, 1)) == [1, 3, 3, 1]
+    assert sum(quotas(5, (1, 2, 2, 1))) == 5
+
+
+def test_action_type():
+    assert action_type(None, None) == STOP
+    assert action_type((1, 2), None) == POSITIVE
+    assert action_type(None, (1, 2)) == NEGATIVE
+    assert action_type((1, 2), (3, 4)) == BOTH
+
+
+def test_select_boxes_drops_near_duplicates_first():
+    boxes = [(0, 0, 10, 10), (0, 0, 10, 10.5), (20, 20, 30, 30), None, (0, 0, 10, 12), (50, 50, 60, 60)]
+    chosen, met = select_boxes(boxes, 4)
+    # (0,0,10,10.5) overlaps the first at IoU 0.95 -> suppressed; (0,0,10,12) at IoU 0.83 -> suppressed
+    assert chosen == [0, 2, 3, 5] and met
+    chosen, met = select_boxes(boxes, 5)
+    assert chosen == [0, 2, 3, 5, 1] and not met  # filled with the first suppressed candidate
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(1, 30), st.integers(1, 30)),
+                min_size=8, max_size=16))
+def test_selected_boxes_are_diverse_whenever_possible(raw):
+    boxes = [(x, y, x + w, y + h) for x, y, w, h in raw]
+    chosen, met = select_boxes(boxes, 4)
+    assert len(chosen) == len(set(chosen)) == 4
+    if met:
+        assert all(box_iou(boxes[i], boxes[j]) <= 0.8 for i in chosen for j in chosen if i < j)
+
+
+def test_select_actions_keeps_one_two_two_one():
+    types = [POSITIVE] * 6 + [NEGATIVE] * 5 + [STOP] * 3 + [BOTH] * 2
+    chosen, met = select_actions(types, 6)
+    assert met and Counter(types[i] for i in chosen) == {STOP: 1, POSITIVE: 2, NEGATIVE: 2, BOTH: 1}
+    chosen, met = select_actions(types, 12)
+    assert met and Counter(types[i] for i in chosen) == {STOP: 2, POSITIVE: 4, NEGATIVE: 4, BOTH: 2}
+
+
+def test_select_actions_fills_from_readable_answers_before_unreadable_ones():
+    types = [POSITIVE] * 8 + [None] * 4 + [STOP]
+    chosen, met = select_actions(types, 6)
+    assert not met and len(chosen) == 6
+    assert Counter(types[i] for i in chosen) == {STOP: 1, POSITIVE: 5}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(list(ACTION_TYPES) + [None]), min_size=12, max_size=24))
+def test_selected_actions_meet_the_ratio_when_candidates_allow(types):
+    chosen, met = select_actions(types, 6)
+    assert len(chosen) == len(set(chosen)) == 6
+    counts = Counter(types)
+    possible = all(counts[k] >= q for k, q in zip(ACTION_TYPES, (1, 2, 2, 1)))
+    assert met == possible
+    if met:
+        assert Counter(types[i] for i in chosen) == {STOP: 1, POSITIVE: 2, NEGATIVE: 2, BOTH: 1}
