@@ -21,6 +21,7 @@ import numpy as np
 
 from .metrics import DEFAULT_CONVENTION, get_convention, item_ious, score_crop, score_item, summarize_counts
 
+RUN_TYPE = "reasoning_segmentation"  # the config type that marks this plugin's runs in list_evaluations
 CHUNK = 128  # samples whose masks are in memory at once
 HISTOGRAM_BINS = 10
 QUERY_TYPES = {True: "sentence", False: "phrase"}
@@ -90,7 +91,7 @@ class ReasonSegEvaluationConfig(foe.EvaluationMethodConfig):
 
     @property
     def type(self) -> str:
-        return "reasoning_segmentation"
+        return RUN_TYPE
 
     @property
     def method(self) -> str:

@@ -1,0 +1,1 @@
+"""FiftyOne panels (Python panels, registered through `sam_veteran.plugin.operators.PANELS`)."""

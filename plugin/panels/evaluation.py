@@ -1,0 +1,188 @@
+"""The evaluation panel: pick a SAM-Veteran evaluation (and optionally a second one to compare), see gIoU/cIoU,
+the IoU after every step, the IoU histogram and the agent's stop rate per step; click a bar or a point to show
+those samples in the grid, worst first.
+
+Every plot point carries an id ``<eval_key>|<index>`` so a click says which evaluation and which bin or step it
+was. What a click selects:
+- a histogram bar: the samples whose final IoU falls in the bin, sorted by IoU;
+- a curve point at step k: the samples that produced a mask at step k, sorted by their IoU after step k;
+- a stop-rate bar at step k: the samples the agent stopped by itself after step k, sorted by final IoU.
+"""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+from fiftyone import ViewField as F
+
+from ..evaluation import RUN_TYPE
+
+NONE = "(none)"
+COLORS = ("#ff6d04", "#2b7bba")  # first and compared evaluation
+PLOT_HEIGHT = 260
+
+
+def reasonseg_evaluations(dataset) -> list[str]:
+    """Keys of this plugin's evaluations on the dataset."""
+    return dataset.list_evaluations(type=RUN_TYPE)
+
+
+class EvaluationPanel(foo.Panel):
+    @property
+    def config(self):
+        return foo.PanelConfig(name="sam_veteran_evaluation", label="SAM-Veteran evaluation", icon="ssid_chart",
+                               surfaces="grid", help_markdown="gIoU / cIoU, the refinement curve, the IoU "
+                               "histogram and stop rates of SAM-Veteran evaluations. Click a bar or point to "
+                               "see those samples, worst first.")
+
+    def on_load(self, ctx):
+        self._refresh(ctx)
+
+    def on_change_dataset(self, ctx):
+        ctx.panel.state.set({"eval_key": None, "compare_key": None})
+        self._refresh(ctx)
+
+    def on_change_eval(self, ctx):
+        ctx.panel.state.eval_key = ctx.params.get("value") or ctx.panel.state.eval_key
+        self._refresh(ctx)
+
+    def on_change_compare(self, ctx):
+        ctx.panel.state.compare_key = ctx.params.get("value") or NONE
+        self._refresh(ctx)
+
+    def _refresh(self, ctx) -> None:
+        """Re-read the chosen evaluations and push the summary (state) and the three plots (data)."""
+        keys = reasonseg_evaluations(ctx.dataset)
+        key = ctx.panel.state.eval_key if ctx.panel.state.eval_key in keys else (keys[0] if keys else None)
+        compare = ctx.panel.state.compare_key if ctx.panel.state.compare_key in keys else NONE
+        chosen = [k for k in (key, compare) if k and k != NONE]
+        chosen = list(dict.fromkeys(chosen))
+        results = {k: ctx.dataset.load_evaluation_results(k) for k in chosen}
+        ctx.panel.state.set({"keys": keys, "eval_key": key, "compare_key": compare,
+                             "summary": summary_markdown(results), "selection": None})
+        ctx.panel.data.set({"curve": curve_traces(results), "histogram": histogram_traces(results),
+                            "stops": stop_traces(results)})
+
+    def on_click_histogram(self, ctx):
+        key, index = _point(ctx)
+        bins = ctx.dataset.load_evaluation_results(key).histogram()
+        low, high = bins[index]["low"], bins[index]["high"]
+        iou = F(f"{key}_iou")
+        upper = (iou <= high) if index == len(bins) - 1 else (iou < high)
+        view = ctx.dataset.load_evaluation_view(key).match((iou >= low) & upper).sort_by(f"{key}_iou")
+        self._show(ctx, view, f"{key}: final IoU in [{low:.1f}, {high:.1f}{']' if index == len(bins) - 1 else ')'}")
+
+    def on_click_curve(self, ctx):
+        key, step = _point(ctx)
+        step_ious = F(f"{key}_step_ious")
+        view = (ctx.dataset.load_evaluation_view(key).match(step_ious.length() > step)
+                .sort_by(step_ious[step]))
+        self._show(ctx, view, f"{key}: samples refined at step {step}, by IoU after that step")
+
+    def on_click_stops(self, ctx):
+        key, step = _point(ctx)
+        mask_field = ctx.dataset.get_evaluation_info(key).config.mask_field
+        stopped_here = F(f"{mask_field}.stopped_by_agent") & (F(f"{key}_step_ious").length() == step + 1)
+        view = ctx.dataset.load_evaluation_view(key).match(stopped_here).sort_by(f"{key}_iou")
+        self._show(ctx, view, f"{key}: samples the agent stopped after step {step}, by final IoU")
+
+    def on_show_all(self, ctx):
+        ctx.panel.state.selection = None
+        ctx.ops.clear_view()
+
+    def _show(self, ctx, view, description: str) -> None:
+        ctx.panel.state.selection = f"{description}: {view.count()} samples, worst first"
+        ctx.ops.set_view(view)
+
+    def render(self, ctx):
+        panel = types.Object()
+        keys = ctx.panel.state.keys or []
+        if not keys:
+            panel.md("No SAM-Veteran evaluation on this dataset yet: run **SAM-Veteran: Evaluate** from the "
+                     "operator browser, `sam_veteran.evaluate(dataset, \"veteran\")` or `sam-veteran eval`.",
+                     name="empty")
+            return types.Property(panel, view=types.GridView(orientation="vertical", padding=2))
+        pick = panel.h_stack("pick", align_x="left", gap=2)
+        pick.enum("eval_key", keys, default=ctx.panel.state.eval_key, label="Evaluation",
+                  view=types.DropdownView(), on_change=self.on_change_eval)
+        pick.enum("compare_key", [NONE, *keys], default=ctx.panel.state.compare_key or NONE, label="Compare with",
+                  view=types.DropdownView(), on_change=self.on_change_compare)
+        panel.md(ctx.panel.state.summary or "", name="summary")
+        if ctx.panel.state.selection:
+            row = panel.h_stack("selection_row", align_x="left", gap=2)
+            row.md(f"Showing {ctx.panel.state.selection}", name="selection")
+            row.btn("show_all", label="Show all samples", on_click=self.on_show_all)
+        layout = {"height": PLOT_HEIGHT, "margin": {"t": 30, "b": 40, "l": 50, "r": 10}}
+        panel.plot("curve", on_click=self.on_click_curve, layout={
+            **layout, "title": "IoU after each step (last mask carried forward)",
+            "xaxis": {"title": "step (0 = box)", "dtick": 1}, "yaxis": {"range": [0, 1]}})
+        panel.plot("histogram", on_click=self.on_click_histogram, layout={
+            **layout, "title": "Final IoU per sample", "barmode": "group", "xaxis": {"title": "IoU"},
+            "yaxis": {"title": "samples"}})
+        panel.plot("stops", on_click=self.on_click_stops, layout={
+            **layout, "title": "Agent stopped by itself after step", "barmode": "group",
+            "xaxis": {"title": "step", "dtick": 1}, "yaxis": {"title": "share of samples", "range": [0, 1]}})
+        return types.Property(panel, view=types.GridView(orientation="vertical", padding=2, gap=2))
+
+
+def _point(ctx) -> tuple[str, int]:
+    """(eval key, index) from a clicked point's id ``<eval_key>|<index>``."""
+    key, index = str(ctx.params["id"]).rsplit("|", 1)
+    return key, int(index)
+
+
+def summary_markdown(results: dict) -> str:
+    """One column per evaluation: protocol, gIoU, cIoU, items, the split by query type, the final stop share."""
+    if not results:
+        return ""
+    rows = {"protocol": {}, "gIoU": {}, "cIoU": {}, "items": {}}
+    for key, result in results.items():
+        metrics = result.metrics()
+        rows["protocol"][key] = result.protocol
+        rows["gIoU"][key] = f"{metrics['gIoU']:.4f}"
+        rows["cIoU"][key] = f"{metrics['cIoU']:.4f}"
+        rows["items"][key] = str(metrics["count"])
+        for name, split in result.by_query_type().items():
+            rows.setdefault(f"{name} gIoU / cIoU", {})[key] = f"{split['gIoU']:.4f} / {split['cIoU']:.4f}"
+        stops = result.stop_rates()
+        if stops:
+            rows.setdefault("stopped by the agent", {})[key] = f"{stops[-1]['cumulative_share']:.1%}"
+    keys = list(results)
+    lines = ["| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(values.get(k, "-") for k in keys) + " |" for name, values in rows.items()]
+    return "\n".join(lines)
+
+
+def curve_traces(results: dict) -> list[dict]:
+    traces = []
+    for (key, result), color in zip(results.items(), COLORS):
+        curve = result.step_curve()
+        steps = [p["step"] for p in curve]
+        ids = [f"{key}|{s}" for s in steps]
+        for metric, dash in (("gIoU", "solid"), ("cIoU", "dot")):
+            traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{key} {metric}", "x": steps,
+                           "y": [p[metric] for p in curve], "ids": ids, "line": {"color": color, "dash": dash}})
+    return traces
+
+
+def histogram_traces(results: dict) -> list[dict]:
+    traces = []
+    for (key, result), color in zip(results.items(), COLORS):
+        bins = result.histogram()
+        traces.append({"type": "bar", "name": key, "x": [(b["low"] + b["high"]) / 2 for b in bins],
+                       "y": [b["count"] for b in bins], "ids": [f"{key}|{i}" for i in range(len(bins))],
+                       "width": 0.1 / len(results), "marker": {"color": color}})
+    return traces
+
+
+def stop_traces(results: dict) -> list[dict]:
+    traces = []
+    for (key, result), color in zip(results.items(), COLORS):
+        stops = result.stop_rates()
+        traces.append({"type": "bar", "name": f"{key} at this step", "x": [s["step"] for s in stops],
+                       "y": [s["share"] for s in stops], "ids": [f"{key}|{s['step']}" for s in stops],
+                       "marker": {"color": color}})
+        traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{key} so far",
+                       "x": [s["step"] for s in stops], "y": [s["cumulative_share"] for s in stops],
+                       "ids": [f"{key}|{s['step']}" for s in stops], "line": {"color": color, "dash": "dot"}})
+    return traces
