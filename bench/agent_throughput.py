@@ -1,0 +1,171 @@
+"""Agent throughput on the CPU: batched versus one sample at a time, where the time goes, and what a refinement
+step costs next to step 0 with the real vit_b segmenter architecture (random weights).
+
+    .venv/bin/python bench/agent_throughput.py            # about 2-4 minutes here
+    .venv/bin/python bench/agent_throughput.py --quick    # smaller, for a smoke check
+
+Every comparison is measured side by side in this one run; the JSON summary is the last line printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sam_veteran.plugin.agent import Agent, AgentConfig, AgentInput, FAMILIES, SamSegmenter, TransformersPolicy
+from sam_veteran.plugin.agent.segmenter import build_sam
+from sam_veteran.plugin.agent.tiny import write_tiny_models
+
+
+class Timed:
+    """Wraps a policy or segmenter and adds up the seconds spent inside its model calls."""
+
+    def __init__(self, inner, methods: tuple[str, ...]):
+        self.inner, self.seconds, self.calls = inner, 0.0, {m: 0 for m in methods}
+        for name in methods:
+            setattr(self, name, self._timed(name))
+
+    def _timed(self, name):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+                self.calls[name] += 1
+        return call
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class ReplayPolicy:
+    """Answers a box, then one click, then stop: three policy steps per sample at no model cost."""
+
+    family = FAMILIES["qwen2_5_vl"]
+    box = '<answer>{"bbox_2d": [100, 100, 600, 600]}</answer>'
+    click = '<answer>{"positive_point": [300, 300], "negative_point": null}</answer>'
+    stop = '<answer>{"positive_point": null, "negative_point": null}</answer>'
+
+    def __init__(self):
+        self.refinements: Counter[str] = Counter()
+
+    def generate(self, requests, sample=False):
+        answers = []
+        for request in requests:
+            if "positive_point" not in request.prompt:
+                answers.append(self.box)
+                continue
+            query = request.prompt.split('"')[1]
+            self.refinements[query] += 1
+            answers.append(self.click if self.refinements[query] == 1 else self.stop)
+        return answers
+
+
+def images(count: int, seed: int = 0) -> list[AgentInput]:
+    rng = np.random.default_rng(seed)
+    return [AgentInput(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), f"the object number {i}")
+            for i in range(count)]
+
+
+def throughput(agent: Agent, items: list[AgentInput], batch_size: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(items), batch_size):
+        agent.run(items[start:start + batch_size])
+    return len(items) / (time.perf_counter() - started)
+
+
+def bench_tiny(tiny: dict, count: int) -> dict:
+    """Samples/s of the tiny real policy + tiny SAM at batch 1/4/16, and the share of time outside the models."""
+    policy = Timed(TransformersPolicy.from_pretrained(tiny["policy-qwen2_5_vl"], device="cpu", max_new_tokens=32,
+                                                      batch_size=16), ("generate",))
+    segmenter = Timed(SamSegmenter.from_checkpoint(tiny["segmenter"], device="cpu", encode_batch_size=16),
+                      ("encode", "segment"))
+    agent = Agent(policy, segmenter, AgentConfig(input_size=(224, 224)))
+    items = images(count)
+    agent.run(items[:2])  # warm-up
+    out = {}
+    for batch_size in (1, 4, 16):
+        policy.seconds = segmenter.seconds = 0.0
+        started = time.perf_counter()
+        rate = throughput(agent, items, batch_size)
+        wall = time.perf_counter() - started
+        out[f"batch_{batch_size}"] = {"samples_per_s": round(rate, 2),
+                                      "outside_models_share": round(1 - (policy.seconds + segmenter.seconds) / wall, 3)}
+    out["batch_16_over_batch_1"] = round(out["batch_16"]["samples_per_s"] / out["batch_1"]["samples_per_s"], 2)
+    return out
+
+
+def bench_replay_orchestration(tiny: dict, count: int) -> dict:
+    """Three policy steps per sample with a free policy: what the loop itself (overlay, parsing, SAM) costs."""
+    segmenter = Timed(SamSegmenter.from_checkpoint(tiny["segmenter"], device="cpu", encode_batch_size=16),
+                      ("encode", "segment"))
+    agent = Agent(ReplayPolicy(), segmenter)
+    items = images(count, seed=1)
+    started = time.perf_counter()
+    traces = agent.run(items)
+    wall = time.perf_counter() - started
+    return {"samples": count, "steps_per_sample": float(np.mean([len(t.steps) for t in traces])),
+            "seconds": round(wall, 3), "segmenter_share": round(segmenter.seconds / wall, 3),
+            "orchestration_ms_per_step": round(1000 * (wall - segmenter.seconds) / sum(len(t.steps) for t in traces), 2)}
+
+
+def bench_vit_b(count: int) -> dict:
+    """Step 0 (encoder + decoder) versus a refinement step (decoder only) with the real vit_b architecture."""
+    torch.manual_seed(0)
+    segmenter = Timed(SamSegmenter(build_sam("vit_b"), device="cpu", encode_batch_size=1), ("encode", "segment"))
+    agent = Agent(ReplayPolicy(), segmenter)
+    items = images(count, seed=2)
+    step0, refine = [], []
+    for item in items:
+        started = time.perf_counter()
+        (embedding,) = segmenter.encode([item.image])
+        first = segmenter.segment(embedding, (40, 30, 200, 180))
+        step0.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        segmenter.segment(embedding, (40, 30, 200, 180), [(100, 100)], [1], first.logits)
+        refine.append(time.perf_counter() - started)
+    segmenter.calls = {"encode": 0, "segment": 0}
+    traces = agent.run(items)
+    return {"step0_s": round(float(np.median(step0)), 3), "refine_step_s": round(float(np.median(refine)), 4),
+            "refine_over_step0": round(float(np.median(refine) / np.median(step0)), 4),
+            "agent_masks_per_sample": float(np.mean([t.num_steps for t in traces])),
+            "encoder_calls_for_agent_run": segmenter.calls["encode"], "images": count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = write_tiny_models(Path(tmp), families=("qwen2_5_vl",))
+        summary = {
+            "tiny": bench_tiny(tiny, 16),
+            "replay_orchestration": bench_replay_orchestration(tiny, 8 if args.quick else 32),
+            "vit_b": bench_vit_b(1 if args.quick else 2),
+        }
+    t, v = summary["tiny"], summary["vit_b"]
+    print("| measure | value |\n|---|---|")
+    for b in (1, 4, 16):
+        print(f"| tiny, batch {b}: samples/s (outside-model share) | {t[f'batch_{b}']['samples_per_s']} "
+              f"({t[f'batch_{b}']['outside_models_share']}) |")
+    print(f"| tiny: batch 16 / batch 1 | {t['batch_16_over_batch_1']}x |")
+    print(f"| vit_b: step 0 / refinement step (s) | {v['step0_s']} / {v['refine_step_s']} |")
+    print(f"| vit_b: refinement cost as share of step 0 | {v['refine_over_step0']} |")
+    print(f"| vit_b: encoder calls for {v['images']} images, {v['agent_masks_per_sample']} masks each | "
+          f"{v['encoder_calls_for_agent_run']} |")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
