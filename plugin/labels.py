@@ -8,20 +8,45 @@ For a label field ``veteran`` a trace becomes three fields:
   the mask is never cropped;
 - ``veteran_clicks``: `fo.Keypoints`, one per click, labelled ``positive`` or ``negative``, with `step`.
 Coordinates are relative ([0, 1]) as FiftyOne expects.
+
+A sample the agent could not run on (unreadable image, missing query, an exception) gets `failure_labels`: a mask
+label with no mask, ``end_reason="invalid_input"`` and the reason in `error`, and no steps or clicks. Every other
+sample "has results" (`has_results`): re-runs skip it unless told to overwrite, and retry the failed ones.
 """
 
 from __future__ import annotations
 
 import fiftyone as fo
 import numpy as np
+from fiftyone import ViewField as F
 
-from .agent.trace import Trace
+from .agent.trace import EndReason, Trace
 
 LABEL_KEYS = ("mask", "steps", "clicks")
 
 
+def label_fields(label_field: str) -> dict[str, str]:
+    """The sample field of each label key: ``{"mask": "veteran_mask", ...}`` for ``veteran``."""
+    return {key: f"{label_field}_{key}" for key in LABEL_KEYS}
+
+
+def has_results(label_field: str):
+    """A view expression true for samples the agent already ran on (a failure recorded there does not count)."""
+    mask = F(label_fields(label_field)["mask"])
+    return mask.exists() & (mask.end_reason != EndReason.INVALID_INPUT.value)
+
+
+def failure_labels(error: str) -> dict[str, fo.Label]:
+    """The labels of a sample the agent could not run on: the reason, no mask, no steps, no clicks."""
+    return {"mask": fo.Segmentation(num_steps=0, stopped_by_agent=False, end_reason=EndReason.INVALID_INPUT.value,
+                                    error=error),
+            "steps": fo.Detections(detections=[]), "clicks": fo.Keypoints(keypoints=[])}
+
+
 def trace_to_labels(trace: Trace) -> dict[str, fo.Label]:
     """The three labels of one trace, keyed ``mask``, ``steps`` and ``clicks``."""
+    if trace.end_reason is EndReason.INVALID_INPUT:
+        return failure_labels(trace.error or "invalid input")
     width, height = trace.image_size
     mask = fo.Segmentation(mask=trace.mask.astype(np.uint8), num_steps=trace.num_steps,
                            stopped_by_agent=trace.stopped_by_agent,

@@ -4,19 +4,85 @@
     dataset.apply_model(model, label_field="veteran", prompt_field="query", batch_size=8)
 
 writes ``veteran_mask``, ``veteran_steps`` and ``veteran_clicks`` (see `labels.py`).
+
+FiftyOne's default path reads every image of a batch with its own reader before the model sees any (no EXIF
+orientation, and one unreadable file fails the whole batch). The model therefore implements `SupportsGetItem`:
+FiftyOne's data loader hands each sample's file path and query to `SampleLoader`, which reads the image with
+`load_image` and turns a bad file or a missing query into a failure recorded on that sample alone.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
 import fiftyone.core.models as fom
+import fiftyone.utils.torch as fout
+import numpy as np
 
-from .agent import DEFAULT_POLICY, Agent, AgentConfig, AgentInput
-from .agent.images import load_image
+from .agent import DEFAULT_POLICY, Agent, AgentConfig, AgentInput, Trace
+from .agent.images import ImageLoadError, load_image
 from .agent.segmenter import DEFAULT_SEGMENTER
-from .labels import trace_to_labels
+from .labels import failure_labels, trace_to_labels
 
 
-class SamVeteranModel(fom.Model, fom.SamplesMixin):
+@dataclass
+class SampleInput:
+    """One sample ready for the agent (`item`), or why it is not (`error`)."""
+
+    item: AgentInput | None
+    error: str | None = None
+
+
+def prepare_input(filepath: str | os.PathLike, query, prompt_field: str = "query",
+                  image: np.ndarray | None = None) -> SampleInput:
+    """Check the query and read the image (EXIF applied) unless given; a problem becomes an error naming the file."""
+    if not isinstance(query, str) or not query.strip():
+        problem = "is missing" if query is None else f"is not usable text ({query!r})"
+        return SampleInput(None, f"the query in field '{prompt_field}' {problem}: {filepath}")
+    try:
+        return SampleInput(AgentInput(load_image(filepath) if image is None else image, query))
+    except ImageLoadError as exc:
+        return SampleInput(None, str(exc))
+
+
+def run_inputs(agent: Agent, inputs: Sequence[SampleInput]) -> list[dict]:
+    """Labels for each input, in order. If the batch raises, its samples run one by one so only the culprit fails."""
+    ready = [i for i, sample in enumerate(inputs) if sample.item is not None]
+    outcomes: dict[int, Trace | str] = {i: sample.error for i, sample in enumerate(inputs) if sample.item is None}
+    try:
+        outcomes.update(zip(ready, agent.run([inputs[i].item for i in ready])))
+    except Exception:
+        for i in ready:
+            outcomes[i] = _run_one(agent, inputs[i].item)
+    return [failure_labels(outcomes[i]) if isinstance(outcomes[i], str) else trace_to_labels(outcomes[i])
+            for i in range(len(inputs))]
+
+
+def _run_one(agent: Agent, item: AgentInput) -> Trace | str:
+    try:
+        return agent.run([item])[0]
+    except Exception as exc:  # anything one sample raises is recorded on it; the run goes on
+        return f"the agent failed on this sample: {type(exc).__name__}: {exc}"
+
+
+class SampleLoader(fout.GetItem):
+    """FiftyOne data-loader item: a sample's file path and query -> `SampleInput` (never raises for one sample)."""
+
+    def __init__(self, field_mapping: dict | None = None, prompt_field: str = "query") -> None:
+        super().__init__(field_mapping=field_mapping)
+        self.prompt_field = prompt_field
+
+    @property
+    def required_keys(self) -> list[str]:
+        return ["filepath", "query"]
+
+    def __call__(self, d: dict) -> SampleInput:
+        return prepare_input(d["filepath"], d.get("query"), self.prompt_field)
+
+
+class SamVeteranModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModelMixin):
     """The SAM-Veteran agent behind FiftyOne's model interface; reads each sample's query from `prompt_field`."""
 
     def __init__(self, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER, max_steps: int = 3,
@@ -32,7 +98,7 @@ class SamVeteranModel(fom.Model, fom.SamplesMixin):
 
     @property
     def ragged_batches(self) -> bool:
-        return False  # images are read per sample in predict_all, so any sizes batch together
+        return False  # any image sizes batch together: `collate_fn` keeps a batch as a list of SampleInput
 
     @property
     def transforms(self):
@@ -47,16 +113,34 @@ class SamVeteranModel(fom.Model, fom.SamplesMixin):
         self._preprocess = value
 
     @property
+    def has_collate_fn(self) -> bool:
+        return True
+
+    @staticmethod
+    def collate_fn(batch: list) -> list:
+        return list(batch)
+
+    @property
     def prompt_field(self) -> str:
         return (self.needs_fields or {}).get("prompt_field", "query")
 
-    def predict(self, arg, sample=None):
+    def build_get_item(self, field_mapping: dict | None = None) -> SampleLoader:
+        mapping = {"query": self.prompt_field, **(field_mapping or {})}
+        return SampleLoader(field_mapping=mapping, prompt_field=mapping["query"])
+
+    def predict(self, arg, sample=None) -> dict:
         return self.predict_all([arg], samples=[sample] if sample is not None else None)[0]
 
-    def predict_all(self, args, samples=None):
-        """Run the agent on a batch; images are re-read from the samples' files so EXIF orientation applies."""
-        if samples is None:
-            raise ValueError("SamVeteranModel needs the samples: pass prompt_field='<query field>' to apply_model")
-        items = [AgentInput(load_image(sample.filepath), sample.get_field(self.prompt_field) or "")
-                 for sample in samples]
-        return [trace_to_labels(trace) for trace in self.agent.run(items)]
+    def predict_all(self, args, samples=None) -> list[dict]:
+        """Labels for a batch: `SampleInput`s from the data loader, or image arrays with their samples."""
+        return run_inputs(self.agent, [self._as_input(arg, samples[i] if samples else None)
+                                       for i, arg in enumerate(args)])
+
+    def _as_input(self, arg, sample) -> SampleInput:
+        if isinstance(arg, SampleInput):
+            return arg
+        if sample is None:
+            raise ValueError("SamVeteranModel needs each sample's query: pass prompt_field='<query field>' to "
+                             "apply_model, or call predict(image, sample=sample)")
+        query = sample.get_field(self.prompt_field) if sample.has_field(self.prompt_field) else None
+        return prepare_input(sample.filepath, query, self.prompt_field, image=np.asarray(arg))
