@@ -43,7 +43,7 @@ def evaluated():
     for name, (tr, sentence) in CASES.items():
         labels = trace_to_labels(tr)
         samples.append(fo.Sample(filepath=f"/nonexistent/{name}.png", name=name, is_sentence=sentence,
-                                 ground_truth=fo.Segmentation(mask=GT), tags=["keep", "eval:iou 0.00-0.25"],
+                                 ground_truth=fo.Segmentation(mask=GT), tags=["keep", "eval:iou 0.00-0.10"],
                                  **{f"veteran_{k}": v for k, v in labels.items()}))
     ds.add_samples(samples)
     evaluate(ds, "veteran", eval_key="eval")
@@ -52,9 +52,9 @@ def evaluated():
 
 
 def test_bands_cover_zero_to_one_without_gaps():
-    assert [band_index(v) for v in (0.0, 0.2499, 0.25, 0.5, 0.89, 0.9, 1.0)] == [0, 0, 1, 2, 3, 4, 4]
+    assert [band_index(v) for v in (0.0, 0.0999, 0.1, 0.5, 0.89, 0.9, 1.0)] == [0, 0, 1, 5, 8, 9, 9]
     assert band_index(None) is None
-    assert band_label(2) == "iou 0.50-0.75" and IOU_BAND_EDGES[0] == 0.0 and IOU_BAND_EDGES[-1] == 1.0
+    assert band_label(2) == "iou 0.20-0.30" and IOU_BAND_EDGES[0] == 0.0 and IOU_BAND_EDGES[-1] == 1.0
 
 
 def test_stopping_verdicts():
@@ -69,12 +69,12 @@ def test_stopping_verdicts():
 def test_tags_from_a_real_evaluation(evaluated):
     counts = tag_from_evaluation(evaluated, "eval")
     tags = dict(zip(evaluated.values("name"), evaluated.values("tags")))
-    assert tags["late"] == ["keep", "eval:iou 0.25-0.50", "eval:stopped too late", "query:sentence"]
-    assert tags["early"] == ["keep", "eval:iou 0.50-0.75", "eval:stopped too early", "query:phrase"]
+    assert tags["late"] == ["keep", "eval:iou 0.20-0.30", "eval:stopped too late", "query:sentence"]
+    assert tags["early"] == ["keep", "eval:iou 0.50-0.60", "eval:stopped too early", "query:phrase"]
     assert tags["fine"] == ["keep", "eval:iou 0.90-1.00", "query:sentence"]
-    assert tags["cap_low"] == ["keep", "eval:iou 0.25-0.50"]
-    assert tags["failed"] == ["keep", "eval:iou 0.00-0.25", "query:phrase"]
-    assert counts["eval:iou 0.25-0.50"] == 2 and counts["query:phrase"] == 2
+    assert tags["cap_low"] == ["keep", "eval:iou 0.20-0.30"]
+    assert tags["failed"] == ["keep", "eval:iou 0.00-0.10", "query:phrase"]
+    assert counts["eval:iou 0.20-0.30"] == 2 and counts["query:phrase"] == 2
 
 
 def test_band_tags_agree_with_the_evaluation_iou_and_the_band_filters(evaluated):
@@ -85,6 +85,30 @@ def test_band_tags_agree_with_the_evaluation_iou_and_the_band_filters(evaluated)
         filtered = set(evaluated.match(band_filter("eval_iou", index)).values("id"))
         tagged = set(evaluated.match_tags(band_tag("eval", index)).values("id"))
         assert filtered == tagged
+
+
+def test_band_tags_agree_with_the_panel_histogram_bars(evaluated):
+    """Clicking histogram bar i in the evaluation panel shows exactly the samples tagged with band i."""
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    from sam_veteran.plugin.panels.evaluation import EvaluationPanel
+
+    def panel_event(method, state, **params):
+        executor = Executor()
+        ctx = ExecutionContext(request_params={"dataset_name": evaluated.name, "params": {
+            "panel_id": "p", "panel_state": state, "__method__": method, **params}}, executor=executor)
+        EvaluationPanel().execute(ctx)
+        views = [r.params["view"] for r in executor._requests if r.operator_uri == "set_view"]
+        return ctx.panel_state, views
+
+    tag_from_evaluation(evaluated, "eval")
+    state, _ = panel_event("on_load", {})
+    bars = evaluated.load_evaluation_results("eval").histogram()
+    assert [(b["low"], b["high"]) for b in bars] == list(zip(IOU_BAND_EDGES, IOU_BAND_EDGES[1:]))
+    for index in range(len(bars)):
+        state, views = panel_event("on_click_histogram", state, id=f"eval|{index}", idx=index)
+        shown = set(fo.DatasetView._build(evaluated, views[-1]).values("id"))
+        assert shown == set(evaluated.match_tags(band_tag("eval", index)).values("id"))
 
 
 def test_retagging_follows_the_latest_evaluation(evaluated):

@@ -1,14 +1,17 @@
 """IoU bands: the one definition shared by the curation tags and the evaluation panel's filters.
 
 Band ``i`` holds the IoUs with ``IOU_BAND_EDGES[i] <= iou < IOU_BAND_EDGES[i + 1]``; the last band also holds
-an IoU of exactly 1. The edges follow the method's own thresholds: below 0.5 a mask is a miss, 0.9 is where
-"needs refinement" ends. Anything that tags, counts or filters by band imports these names, so a band tag and
-a band filter always select the same samples.
+an IoU of exactly 1. Ten bands of 0.1, the bins of the evaluation's IoU histogram (`ReasonSegResults.histogram`,
+which the panel plots and filters by): the edges are NumPy's own (``np.linspace``), so an IoU that lies exactly on
+an edge falls in the same band for a tag, a bar and a filter. Anything that tags, counts or filters by band
+imports these names.
 """
 
 from __future__ import annotations
 
-IOU_BAND_EDGES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+import numpy as np
+
+IOU_BAND_EDGES: tuple[float, ...] = tuple(float(edge) for edge in np.linspace(0.0, 1.0, 11))
 
 
 def band_index(iou: float | None) -> int | None:
