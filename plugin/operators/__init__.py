@@ -1,10 +1,12 @@
 """FiftyOne operators and panels: thin wrappers over the SDK, one module each."""
 
 from ..panels.evaluation import EvaluationPanel
+from .curation import TagFromEvaluation, Triage
 from .evaluate import Evaluate
+from .export import ExportReasonSeg, ExportRefer
 from .importers import ImportReasonSeg, ImportRefCoco
 
-OPERATORS: list = [ImportReasonSeg, ImportRefCoco, Evaluate]
+OPERATORS: list = [ImportReasonSeg, ImportRefCoco, Evaluate, Triage, TagFromEvaluation, ExportReasonSeg, ExportRefer]
 PANELS: list = [EvaluationPanel]
 
 
