@@ -21,6 +21,12 @@ _EXPORTS = {
     "import_reasonseg": "sam_veteran.plugin.datasets",
     "import_refcoco": "sam_veteran.plugin.datasets",
     "evaluate": "sam_veteran.plugin.evaluation",
+    "triage": "sam_veteran.plugin.curation.triage",
+    "review_order": "sam_veteran.plugin.curation.triage",
+    "tag_from_evaluation": "sam_veteran.plugin.curation.tagging",
+    "IOU_BAND_EDGES": "sam_veteran.plugin.curation.bands",
+    "export_reasonseg": "sam_veteran.plugin.datasets.exporters",
+    "export_refer": "sam_veteran.plugin.datasets.exporters",
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]
