@@ -32,8 +32,8 @@ def label_fields(label_field: str) -> dict[str, str]:
 
 def has_results(label_field: str):
     """A view expression true for samples the agent already ran on (a failure recorded there does not count)."""
-    mask = F(label_fields(label_field)["mask"])
-    return mask.exists() & (mask.end_reason != EndReason.INVALID_INPUT.value)
+    mask = label_fields(label_field)["mask"]
+    return F(mask).exists() & (F(f"{mask}.end_reason") != EndReason.INVALID_INPUT.value)
 
 
 def failure_labels(error: str) -> dict[str, fo.Label]:

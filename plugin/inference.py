@@ -1,0 +1,89 @@
+"""The bulk runner: the agent over a dataset or view, resumable and loss-free.
+
+    summary = sam_veteran.run_agent(dataset, policy="Qwen/Qwen2.5-VL-7B-Instruct", segmenter="vit_h")
+
+Each batch's labels are written (one bulk `set_values` per field) as soon as the batch finishes, so an
+interrupted run keeps every finished batch. A re-run skips samples that already have results (`has_results`)
+unless `overwrite=True`, and retries those recorded as failures. A sample whose image cannot be read, whose query
+is missing, or on which the agent raises gets `failure_labels` with the reason; the run goes on.
+`iter_run_agent` is the same run as a generator of `RunProgress`, for progress bars and operators.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+from .agent import DEFAULT_POLICY, EndReason
+from .agent.segmenter import DEFAULT_SEGMENTER
+from .labels import LABEL_KEYS, has_results, label_fields
+from .model import SamVeteranModel, prepare_input, run_inputs
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands after a batch; the last one yielded is the run's summary."""
+
+    total: int  # samples in the view
+    skipped: int  # already had results
+    to_run: int
+    done: int = 0  # of to_run, written
+    failed: int = 0  # of done, recorded as failures
+    seconds: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.to_run if self.to_run else 1.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str = DEFAULT_POLICY,
+                   segmenter: str = DEFAULT_SEGMENTER, max_steps: int = 3, device: str | None = None,
+                   label_field: str = "veteran", prompt_field: str = "query", batch_size: int = 8,
+                   overwrite: bool = False, **policy_kwargs) -> Iterator[RunProgress]:
+    """Run the agent batch by batch, writing each batch when it finishes; yields progress after each batch.
+
+    `model` is used when given; otherwise one is loaded from `policy` and `segmenter` (only if a sample needs it).
+    """
+    started = time.perf_counter()
+    if samples.get_field(prompt_field) is None:
+        raise ValueError(f"the samples have no query field '{prompt_field}' (fields: "
+                         f"{', '.join(samples.get_field_schema())})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    todo = samples if overwrite else samples.match(~has_results(label_field))
+    ids, filepaths, queries = todo.values(["id", "filepath", prompt_field])
+    total = samples.count()
+    progress = RunProgress(total=total, skipped=total - len(ids), to_run=len(ids))
+    if ids and model is None:
+        model = SamVeteranModel(policy=policy, segmenter=segmenter, max_steps=max_steps, device=device,
+                                **policy_kwargs)
+    dataset = samples._dataset
+    fields = label_fields(label_field)
+    for start in range(0, len(ids), batch_size):
+        batch = slice(start, start + batch_size)
+        inputs = [prepare_input(path, query, prompt_field) for path, query in zip(filepaths[batch], queries[batch])]
+        labels = run_inputs(model.agent, inputs)
+        for key in LABEL_KEYS:
+            dataset.set_values(fields[key], dict(zip(ids[batch], (label[key] for label in labels))),
+                               key_field="id")
+        progress.done += len(inputs)
+        progress.failed += sum(label["mask"].end_reason == EndReason.INVALID_INPUT.value for label in labels)
+        progress.seconds = round(time.perf_counter() - started, 3)
+        yield progress
+    if not ids:
+        progress.seconds = round(time.perf_counter() - started, 3)
+        yield progress
+
+
+def run_agent(samples, model: SamVeteranModel | None = None, *, progress: Callable[[RunProgress], None] | None = None,
+              **kwargs) -> dict:
+    """`iter_run_agent` to the end; returns the summary (total, skipped, to_run, done, failed, seconds)."""
+    last = None
+    for last in iter_run_agent(samples, model, **kwargs):
+        if progress is not None:
+            progress(last)
+    return last.as_dict()
