@@ -240,7 +240,61 @@ def run_export(args) -> int:
     return 0
 
 
-COMMANDS = [add_demo, add_tiny_models, add_import, add_eval, add_train, add_export]
+def add_run(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="run the agent on a dataset or a view of it (resumable, batched)")
+    parser.add_argument("dataset", help="FiftyOne dataset name")
+    parser.add_argument("--saved-view", help="run on this saved view of the dataset")
+    parser.add_argument("--tags", nargs="+", help="run only on the samples with any of these tags")
+    parser.add_argument("--limit", type=int, help="run on the first N samples of the view")
+    parser.add_argument("--tiny", action="store_true", help="use the local tiny models: no network, random answers")
+    parser.add_argument("--policy", help="policy hub id or folder (default Qwen/Qwen2.5-VL-7B-Instruct)")
+    parser.add_argument("--segmenter", help="SAM checkpoint path or vit_h/vit_l/vit_b (default vit_h)")
+    parser.add_argument("--label-field", default="veteran", help="writes LABEL_mask, LABEL_steps, LABEL_clicks")
+    parser.add_argument("--prompt-field", default="query", help="the sample field holding each query")
+    parser.add_argument("--max-steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help="run again on samples that already have results")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    parser.set_defaults(handler=run_agent_command)
+
+
+def run_agent_command(args) -> int:
+    import fiftyone as fo
+
+    from .plugin.agent import DEFAULT_POLICY
+    from .plugin.agent.segmenter import DEFAULT_SEGMENTER
+    from .plugin.inference import run_agent
+
+    if not fo.dataset_exists(args.dataset):
+        raise SystemExit(f"no FiftyOne dataset named {args.dataset!r}")
+    dataset = fo.load_dataset(args.dataset)
+    view = dataset.load_saved_view(args.saved_view) if args.saved_view else dataset.view()
+    if args.tags:
+        view = view.match_tags(args.tags)
+    if args.limit is not None:
+        view = view.limit(args.limit)
+    policy_kwargs = {}
+    if args.tiny:
+        policy, segmenter = tiny_model_paths()
+        policy_kwargs["max_new_tokens"] = TINY_MAX_NEW_TOKENS
+    else:
+        policy, segmenter = args.policy or DEFAULT_POLICY, args.segmenter or DEFAULT_SEGMENTER
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    report = lambda p: say(f"{p.done}/{p.to_run} samples written ({p.failed} failed)")  # noqa: E731
+    summary = run_agent(view, policy=policy, segmenter=segmenter, max_steps=args.max_steps, device=args.device,
+                        label_field=args.label_field, prompt_field=args.prompt_field, batch_size=args.batch_size,
+                        overwrite=args.overwrite, progress=report, **policy_kwargs)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['done']} samples run ({summary['failed']} failed, their reasons in "
+              f"{args.label_field}_mask.error), {summary['skipped']} already had results; "
+              f"{summary['seconds']:.1f} s")
+    return 0
+
+
+COMMANDS = [add_demo, add_tiny_models, add_import, add_eval, add_train, add_export, add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:
