@@ -5,8 +5,9 @@ from .curation import TagFromEvaluation, Triage
 from .evaluate import Evaluate
 from .export import ExportReasonSeg, ExportRefer
 from .importers import ImportReasonSeg, ImportRefCoco
+from .run_agent import RunSamVeteran
 
-OPERATORS: list = [ImportReasonSeg, ImportRefCoco, Evaluate, Triage, TagFromEvaluation, ExportReasonSeg, ExportRefer]
+OPERATORS: list = [RunSamVeteran, ImportReasonSeg, ImportRefCoco, Evaluate, Triage, TagFromEvaluation, ExportReasonSeg, ExportRefer]
 PANELS: list = [EvaluationPanel]
 
 
