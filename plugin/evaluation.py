@@ -128,7 +128,7 @@ class ReasonSegEvaluation(foe.EvaluationMethod):
             chunk = samples.select(ids[start:start + CHUNK], ordered=True)
             for row in zip(*_read_chunk(chunk, config)):
                 sample_id, ground_truth, prediction, steps, by_agent = row
-                prediction = _ensure_mask(prediction, ground_truth, sample_id, config.mask_field)
+                prediction = _check_prediction(prediction, ground_truth, sample_id, config.mask_field)
                 scores.append(score_item(prediction, ground_truth, convention))
                 step_scores.append(_score_steps(steps, ground_truth, convention, sample_id, config.steps_field))
                 stopped.append(bool(by_agent))
@@ -150,41 +150,57 @@ class ReasonSegEvaluation(foe.EvaluationMethod):
 
 
 def _read_chunk(chunk, config):
-    """Per sample: id, ground-truth mask, prediction label, step detections, stopped by the agent."""
-    mask_field, gt_field, steps_field = config.mask_field, config.gt_field, config.steps_field
-    ids, gts, predictions = chunk.values(["id", gt_field, mask_field])
-    steps = chunk.values(f"{steps_field}.detections") if steps_field else [None] * len(ids)
-    stopped = chunk.values(f"{mask_field}.stopped_by_agent") if steps_field else [False] * len(ids)
+    """Per sample: id, ground-truth mask, prediction mask (None if missing), step masks with their boxes and step
+    numbers, stopped by the agent. Read as raw values (no label objects are built), one query per chunk."""
+    gt, pred, steps = config.gt_field, config.mask_field, config.steps_field
+    paths = ["id", f"{gt}.mask", f"{gt}.mask_path", f"{pred}.mask", f"{pred}.mask_path"]
+    if steps:
+        paths += [f"{steps}.detections.mask", f"{steps}.detections.bounding_box", f"{steps}.detections.step",
+                  f"{pred}.stopped_by_agent"]
+    columns = chunk.values(paths)
+    ids = columns[0]
     ground_truths = []
-    for sample_id, label in zip(ids, gts):
-        if label is None or (label.mask is None and not label.mask_path):
-            raise ValueError(f"sample {sample_id} has no {gt_field} mask")
-        ground_truths.append(label.get_mask())
-    return ids, ground_truths, predictions, steps, stopped
+    for sample_id, mask, mask_path in zip(ids, columns[1], columns[2]):
+        ground_truth = _mask(mask, mask_path)
+        if ground_truth is None:
+            raise ValueError(f"sample {sample_id} has no {gt} mask")
+        ground_truths.append(ground_truth)
+    predictions = [_mask(m, p) for m, p in zip(columns[3], columns[4])]
+    if not steps:
+        return ids, ground_truths, predictions, [None] * len(ids), [False] * len(ids)
+    step_rows = [list(zip(masks or [], boxes or [], numbers or [])) for masks, boxes, numbers in
+                 zip(columns[5], columns[6], columns[7])]
+    return ids, ground_truths, predictions, step_rows, columns[8]
 
 
-def _ensure_mask(label, ground_truth: np.ndarray, sample_id: str, field: str) -> np.ndarray | None:
-    if label is None or (label.mask is None and not label.mask_path):
+def _mask(mask, mask_path) -> np.ndarray | None:
+    if mask is None and mask_path:
+        mask = fo.Segmentation(mask_path=mask_path).get_mask()
+    return mask
+
+
+def _check_prediction(mask, ground_truth: np.ndarray, sample_id: str, field: str) -> np.ndarray | None:
+    if mask is None:
         return None
-    mask = label.get_mask()
     if mask.shape[:2] != ground_truth.shape:
         raise ValueError(f"sample {sample_id}: {field} mask is {mask.shape[1]}x{mask.shape[0]}, the ground truth "
                          f"{ground_truth.shape[1]}x{ground_truth.shape[0]}")
     return mask if mask.ndim == 2 else mask.any(axis=2)
 
 
-def _score_steps(detections, ground_truth, convention, sample_id, field):
+def _score_steps(steps, ground_truth, convention, sample_id, field):
     """Scores of every step mask, in step order; each mask is its detection mask pasted at its box."""
-    if not detections:
+    if not steps:
         return []
     height, width = ground_truth.shape
+    target_area = score_item(None, ground_truth, convention).union
     scores = []
-    for detection in sorted(detections, key=lambda d: d["step"] if d["step"] is not None else 0):
-        if detection.mask is None:
-            raise ValueError(f"sample {sample_id}: {field} step {detection['step']} has no mask")
-        x, y = int(round(detection.bounding_box[0] * width)), int(round(detection.bounding_box[1] * height))
-        crop = detection.mask[: max(height - y, 0), : max(width - x, 0)]
-        scores.append(score_crop(crop, x, y, ground_truth, convention))
+    for mask, box, number in sorted(steps, key=lambda row: row[2] if row[2] is not None else 0):
+        if mask is None:
+            raise ValueError(f"sample {sample_id}: {field} step {number} has no mask")
+        x, y = int(round(box[0] * width)), int(round(box[1] * height))
+        crop = mask[: max(height - y, 0), : max(width - x, 0)]
+        scores.append(score_crop(crop, x, y, ground_truth, convention, target_area=target_area))
     return scores
 
 

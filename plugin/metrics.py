@@ -78,9 +78,10 @@ def score_item(prediction: np.ndarray | None, ground_truth: np.ndarray,
 
 
 def score_crop(crop: np.ndarray, x: int, y: int, ground_truth: np.ndarray,
-               convention: str | Convention = DEFAULT_CONVENTION) -> ItemScore:
+               convention: str | Convention = DEFAULT_CONVENTION, target_area: int | None = None) -> ItemScore:
     """`score_item` for a prediction that is zero outside the box of `crop` placed at pixel (x, y): only the box is
-    compared, so a small mask on a large image costs little."""
+    compared, so a small mask on a large image costs little (pass `target_area`, the ground truth's target pixel
+    count under the convention, when scoring several crops against one ground truth)."""
     conv = get_convention(convention)
     height, width = crop.shape
     region = ground_truth[y:y + height, x:x + width]
@@ -90,7 +91,8 @@ def score_crop(crop: np.ndarray, x: int, y: int, ground_truth: np.ndarray,
     target, valid = _target(region, conv)
     predicted = crop.astype(bool) if valid is None else crop.astype(bool) & valid
     intersection = int(np.count_nonzero(predicted & target))
-    target_area = int(np.count_nonzero(_target(ground_truth, conv)[0]))
+    if target_area is None:
+        target_area = int(np.count_nonzero(_target(ground_truth, conv)[0]))
     return ItemScore(intersection, int(np.count_nonzero(predicted)) + target_area - intersection)
 
 

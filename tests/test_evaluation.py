@@ -89,3 +89,16 @@ def test_bad_samples_are_named_and_nothing_is_written(agent_dataset):
         evaluate(agent_dataset, "is_sentence")
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate(agent_dataset, "veteran", protocol="coco")
+
+
+def test_masks_on_disk_are_read(agent_dataset, tmp_path):
+    from PIL import Image
+
+    sample = agent_dataset.first()
+    path = tmp_path / "gt.png"
+    Image.fromarray(sample.ground_truth.mask).save(path)
+    sample["ground_truth"] = fo.Segmentation(mask_path=str(path))
+    sample.save()
+    results = evaluate(agent_dataset, "veteran", eval_key="disk")
+    assert agent_dataset.values("disk_step_ious")[0] == pytest.approx([0.6, 1.0])
+    assert results.metrics()["gIoU"] == pytest.approx(2.9 / 4)
