@@ -27,6 +27,8 @@ _EXPORTS = {
     "IOU_BAND_EDGES": "sam_veteran.plugin.curation.bands",
     "export_reasonseg": "sam_veteran.plugin.datasets.exporters",
     "export_refer": "sam_veteran.plugin.datasets.exporters",
+    "train": "sam_veteran.trainer.train",
+    "TrainConfig": "sam_veteran.trainer.config",
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]

@@ -104,7 +104,7 @@ def grpo_args(config: TrainConfig, policy: str):
         max_steps=config.max_steps, save_steps=config.save_steps, logging_steps=config.logging_steps,
         seed=config.seed, bf16=bf16, gradient_checkpointing=config.gradient_checkpointing,
         deepspeed=config.deepspeed, use_cpu=config.use_cpu, report_to=config.report_to,
-        scale_rewards="none", loss_type="grpo", remove_unused_columns=False,
+        scale_rewards="none", loss_type="grpo", dataloader_pin_memory=not config.use_cpu, remove_unused_columns=False,
         model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
         reward_weights=None, generation_kwargs={"suppress_tokens": list(suppress)} if suppress else None,
     )
@@ -140,6 +140,11 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     samples = read_view(view if view is not None else load_view(config), config.data.query_field,
                         config.data.gt_field)
     records = build_tasks(samples, segmenter, config.tasks, seed=config.seed)
+    prompts_per_step = args.generation_batch_size // args.num_generations
+    if len(records) < prompts_per_step:
+        raise ValueError(f"the view gives {len(records)} task items from {len(samples)} samples, fewer than the "
+                         f"{prompts_per_step} prompts one generation batch needs: add samples, raise "
+                         "tasks.items_per_sample or lower per_device_train_batch_size / gradient_accumulation_steps")
     rewards = build_reward_functions(family, config.rewards, segmenter, extra_rewards)
     args.reward_weights = [config.rewards.weights.get(f.__name__, 1.0) for f in rewards]
     peft_config = None
@@ -178,9 +183,10 @@ def save_final(trainer, directory: Path) -> None:
     trainer.processing_class.save_pretrained(directory)
 
 
-def train(config: TrainConfig, view=None, extra_rewards: list | None = None) -> TrainResult:
+def train(config: TrainConfig, view=None, extra_rewards: list | None = None,
+          callbacks: list | None = None) -> TrainResult:
     """Run GRPO as configured on `view` (default: the configured dataset); returns where the final model and the
-    metrics log are."""
+    metrics log are. `callbacks` are extra `transformers.TrainerCallback`s (progress reporting)."""
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -190,13 +196,13 @@ def train(config: TrainConfig, view=None, extra_rewards: list | None = None) -> 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     try:
-        return _train(config, view, output_dir, extra_rewards)
+        return _train(config, view, output_dir, extra_rewards, callbacks)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, view, output_dir: Path, extra_rewards) -> TrainResult:
-    trainer, records = build_trainer(config, view, extra_rewards=extra_rewards)
+def _train(config: TrainConfig, view, output_dir: Path, extra_rewards, callbacks) -> TrainResult:
+    trainer, records = build_trainer(config, view, callbacks=callbacks, extra_rewards=extra_rewards)
     resume = config.resume_from_checkpoint
     if resume == "latest":
         resume = latest_checkpoint(output_dir)

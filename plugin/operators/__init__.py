@@ -6,8 +6,10 @@ from .evaluate import Evaluate
 from .export import ExportReasonSeg, ExportRefer
 from .importers import ImportReasonSeg, ImportRefCoco
 from .run_agent import RunSamVeteran
+from .train import TrainSamVeteran
 
-OPERATORS: list = [RunSamVeteran, ImportReasonSeg, ImportRefCoco, Evaluate, Triage, TagFromEvaluation, ExportReasonSeg, ExportRefer]
+OPERATORS: list = [RunSamVeteran, ImportReasonSeg, ImportRefCoco, Evaluate, Triage, TagFromEvaluation, ExportReasonSeg, ExportRefer,
+                   TrainSamVeteran]
 PANELS: list = [EvaluationPanel]
 
 
