@@ -10,7 +10,7 @@ ends with `EndReason.PARSE_FAILURE`, keeping the last good mask. One bad sample 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from .images import as_rgb
 from .overlay import OverlayStyle, policy_view
 from .parsing import AnswerError, ParsedAnswer, parse_grounding, parse_refinement
 from .policy import DEFAULT_POLICY, Policy, PolicyRequest, TransformersPolicy
-from .segmenter import DEFAULT_SEGMENTER, ImageEmbedding, SamSegmenter, Segmenter
+from .segmenter import DEFAULT_SEGMENTER, Segmenter, load_segmenter
 from .trace import Action, EndReason, Step, Trace
 
 
@@ -46,7 +46,7 @@ class _State:
 
     trace: Trace
     image: np.ndarray
-    embedding: ImageEmbedding | None = None
+    embedding: Any = None  # the segmenter's own embedding of the image
     box: tuple[float, float, float, float] | None = None
     points: list[tuple[float, float]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
@@ -67,10 +67,11 @@ class Agent:
     def from_pretrained(cls, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
                         config: AgentConfig | None = None, device: str | None = None,
                         trust_remote_code: bool = False, **policy_kwargs) -> "Agent":
-        """Load a policy (hub id or folder) and a segmenter (checkpoint path or SAM model type)."""
+        """Load a policy (hub id or folder) and a segmenter: a SAM checkpoint path or model type, or a SAM 2
+        folder or hub id (see `load_segmenter`)."""
         return cls(TransformersPolicy.from_pretrained(policy, device=device, trust_remote_code=trust_remote_code,
                                                       **policy_kwargs),
-                   SamSegmenter.from_checkpoint(segmenter, device=device), config)
+                   load_segmenter(segmenter, device=device), config)
 
     def run(self, items: Sequence[AgentInput]) -> list[Trace]:
         """One trace per item, in order. Items with an unusable image or query end at once with the reason."""

@@ -2,9 +2,10 @@
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained here on the prompts themselves, carrying
 Qwen's special tokens; the policy is a real Qwen2.5-VL / Qwen2-VL / Qwen3-VL architecture shrunk to a few hundred
-thousand parameters; the segmenter is a real segment-anything `Sam` at image size 256. They load through the same
-code paths as the real checkpoints (`from_pretrained`, `SamSegmenter.from_checkpoint`). Their answers are random:
-they exercise the machinery, not the method.
+thousand parameters; the segmenter is a real segment-anything `Sam` at image size 256, and SAM 2 a real
+transformers `Sam2Model` (Hiera encoder, four stages) at image size 256. They load through the same code paths as
+the real checkpoints (`from_pretrained`, `SamSegmenter.from_checkpoint`, `Sam2Segmenter.from_pretrained`). Their
+answers are random: they exercise the machinery, not the method.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ CHAT_TEMPLATE = (
 
 TINY_POLICY_DIRNAME = "policy-{family}"
 TINY_SEGMENTER_FILENAME = "sam_tiny.safetensors"
+TINY_SAM2_DIRNAME = "sam2-tiny"
+TINY_SAM2_IMAGE_SIZE = 256
 
 
 def build_tokenizer(vocab_size: int = 512):
@@ -118,11 +121,35 @@ def build_tiny_policy(family: str = "qwen2_5_vl", seed: int = 0):
     return model, processor
 
 
+def build_tiny_sam2(seed: int = 0, image_size: int = TINY_SAM2_IMAGE_SIZE):
+    """A (Sam2Model, Sam2Processor) pair with random weights: the released layout (three feature levels, the
+    decoder's high-resolution skips, the stability fallback) shrunk to about 0.1M parameters."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    levels = [[image_size // stride] * 2 for stride in (4, 8, 16)]
+    backbone = dict(model_type="sam2_hiera_det_model", hidden_size=8, image_size=[image_size, image_size],
+                    blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+                    num_attention_heads_per_stage=[1, 1, 2, 2], window_size_per_stage=[4, 4, 4, 4],
+                    # a global block must not open a stage: Hiera pools queries there
+                    global_attention_blocks=[3], window_positional_embedding_background_size=[4, 4])
+    config = Sam2Config(
+        vision_config=dict(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+                           backbone_feature_sizes=levels, fpn_hidden_size=32),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    torch.manual_seed(seed)
+    model = Sam2Model(config).eval()
+    processor = Sam2Processor(Sam2ImageProcessor(size={"height": image_size, "width": image_size},
+                                                 mask_size={"height": image_size // 4, "width": image_size // 4}))
+    return model, processor
+
+
 def write_tiny_models(directory: str | os.PathLike, families: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl"),
                       seed: int = 0) -> dict[str, Path]:
-    """Write tiny policies (one folder per family) and a tiny SAM checkpoint into `directory`.
+    """Write tiny policies (one folder per family), a tiny SAM checkpoint and a tiny SAM 2 folder into `directory`.
 
-    Returns the paths: ``{"segmenter": ..., "policy-qwen2_5_vl": ..., ...}``.
+    Returns the paths: ``{"segmenter": ..., "segmenter-sam2": ..., "policy-qwen2_5_vl": ..., ...}``.
     """
     from safetensors.torch import save_file
 
@@ -140,4 +167,8 @@ def write_tiny_models(directory: str | os.PathLike, families: tuple[str, ...] = 
     segmenter_path = directory / TINY_SEGMENTER_FILENAME
     save_file({k: v.contiguous() for k, v in sam.state_dict().items()}, str(segmenter_path))
     paths["segmenter"] = segmenter_path
+    model, processor = build_tiny_sam2(seed=seed)
+    model.save_pretrained(directory / TINY_SAM2_DIRNAME)
+    processor.save_pretrained(directory / TINY_SAM2_DIRNAME)
+    paths["segmenter-sam2"] = directory / TINY_SAM2_DIRNAME
     return paths
