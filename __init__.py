@@ -11,6 +11,8 @@ _EXPORTS = {
     "AgentConfig": "sam_veteran.plugin.agent",
     "AgentInput": "sam_veteran.plugin.agent",
     "SamSegmenter": "sam_veteran.plugin.agent",
+    "Sam2Segmenter": "sam_veteran.plugin.agent",
+    "load_segmenter": "sam_veteran.plugin.agent",
     "TransformersPolicy": "sam_veteran.plugin.agent",
     "Trace": "sam_veteran.plugin.agent",
     "SamVeteranModel": "sam_veteran.plugin.model",

@@ -50,7 +50,8 @@ def add_demo(subparsers) -> None:
     parser.add_argument("--tiny", action="store_true", help="use the local tiny models: no network, random answers")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     parser.add_argument("--policy", help="policy hub id or folder (default Qwen/Qwen2.5-VL-7B-Instruct)")
-    parser.add_argument("--segmenter", help="SAM checkpoint path or vit_h/vit_l/vit_b (default vit_h)")
+    parser.add_argument("--segmenter", help="SAM checkpoint path or vit_h/vit_l/vit_b, or a SAM 2 folder or hub id "
+                        "(facebook/sam2.1-hiera-large) (default vit_h)")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -81,6 +82,9 @@ def demo(args) -> int:
         if segmenter in CHECKPOINT_URLS:
             say(f"The segmenter {segmenter} comes from {CHECKPOINT_URLS[segmenter]} into {cache_dir()} "
                 "unless already there (vit_h: 2.4 GB).")
+        elif not Path(segmenter).exists():
+            say(f"The segmenter {segmenter} comes from the Hugging Face Hub into its cache unless already there "
+                "(SAM 2 hiera-large: about 0.9 GB).")
     directory = args.dir or cache_dir() / "demo"
     dataset, summary = run_demo(policy, segmenter, directory, num_samples=args.samples, max_steps=args.max_steps,
                                 batch_size=args.batch_size, device=args.device, **policy_kwargs)
