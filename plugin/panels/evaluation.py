@@ -112,17 +112,20 @@ class EvaluationPanel(foo.Panel):
             row = panel.h_stack("selection_row", align_x="left", gap=2)
             row.md(f"Showing {ctx.panel.state.selection}", name="selection")
             row.btn("show_all", label="Show all samples", on_click=self.on_show_all)
-        layout = {"height": PLOT_HEIGHT, "margin": {"t": 30, "b": 40, "l": 50, "r": 10}}
-        panel.plot("curve", on_click=self.on_click_curve, layout={
-            **layout, "title": "IoU after each step (last mask carried forward)",
-            "xaxis": {"title": "step (0 = box)", "dtick": 1}, "yaxis": {"range": [0, 1]}})
-        panel.plot("histogram", on_click=self.on_click_histogram, layout={
-            **layout, "title": "Final IoU per sample", "barmode": "group", "xaxis": {"title": "IoU"},
-            "yaxis": {"title": "samples"}})
-        panel.plot("stops", on_click=self.on_click_stops, layout={
-            **layout, "title": "Agent stopped by itself after step", "barmode": "group",
-            "xaxis": {"title": "step", "dtick": 1}, "yaxis": {"title": "share of samples", "range": [0, 1]}})
+        panel.plot("curve", on_click=self.on_click_curve, layout=_layout(
+            "IoU after each step (last mask carried forward)", "step (0 = box)", "IoU", dtick=1, unit_range=True))
+        panel.plot("histogram", on_click=self.on_click_histogram, layout=_layout(
+            "Final IoU per sample", "IoU", "samples"))
+        panel.plot("stops", on_click=self.on_click_stops, layout=_layout(
+            "Agent stopped by itself after step", "step", "share of samples", dtick=1, unit_range=True))
         return types.Property(panel, view=types.GridView(orientation="vertical", padding=2, gap=2))
+
+
+def _layout(title: str, x_title: str, y_title: str, dtick: int | None = None, unit_range: bool = False) -> dict:
+    xaxis = {"title": {"text": x_title}, **({"dtick": dtick} if dtick else {})}
+    yaxis = {"title": {"text": y_title}, **({"range": [0, 1]} if unit_range else {})}
+    return {"title": {"text": title}, "height": PLOT_HEIGHT, "barmode": "group", "xaxis": xaxis, "yaxis": yaxis,
+            "margin": {"t": 40, "b": 40, "l": 50, "r": 10}}
 
 
 def _point(ctx) -> tuple[str, int]:
