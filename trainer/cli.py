@@ -54,6 +54,10 @@ def run(args) -> int:
     if config.tiny:
         set_offline_defaults()
     result = train(config)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     summary = {"output_dir": str(result.output_dir), "final_model": str(result.final_model),
                "metrics_log": str(result.metrics_log), "global_step": result.global_step,
                "records": result.num_records}

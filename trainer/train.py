@@ -54,9 +54,12 @@ class MetricsLogCallback(TrainerCallback):
 def resolve_models(config: TrainConfig) -> tuple[str, str]:
     """(policy, segmenter) paths or ids; the tiny local models when `config.tiny`."""
     if config.tiny:
+        from accelerate import PartialState
+
         from ..cli import tiny_model_paths
 
-        return tiny_model_paths()
+        with PartialState().main_process_first():  # the main process writes them, the others read them
+            return tiny_model_paths()
     return config.policy, config.segmenter
 
 
@@ -66,11 +69,17 @@ def load_view(config: TrainConfig):
 
     data = config.data
     if config.tiny and data.dataset is None:
+        from accelerate import PartialState
+
         from ..cli import cache_dir
         from ..plugin.demo import build_demo_dataset
 
-        return build_demo_dataset(cache_dir() / "train-tiny", num_samples=config.tiny_samples, name=TINY_DATASET,
-                                  seed=config.seed)
+        state = PartialState()
+        with state.main_process_first():  # built once, by the main process; the others load it
+            if state.is_main_process:
+                return build_demo_dataset(cache_dir() / "train-tiny", num_samples=config.tiny_samples,
+                                          name=TINY_DATASET, seed=config.seed)
+            return fo.load_dataset(TINY_DATASET)
     if not data.dataset:
         raise ValueError("no training data: set data.dataset to a FiftyOne dataset name (or use --tiny)")
     if not fo.dataset_exists(data.dataset):
@@ -130,12 +139,12 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     from .grpo import SamVeteranGRPOTrainer
     from .rewards import build_reward_functions
 
+    device = PartialState(cpu=config.use_cpu).device  # first, so every later PartialState() is this one
     policy, segmenter_path = resolve_models(config)
     args = grpo_args(config, policy)
     family = family_for(AutoConfig.from_pretrained(policy).model_type)
     if config.input_size:
         family = family.with_input_size(config.input_size)
-    device = PartialState(cpu=config.use_cpu).device
     segmenter = SamSegmenter.from_checkpoint(segmenter_path, device=device)
     samples = read_view(view if view is not None else load_view(config), config.data.query_field,
                         config.data.gt_field)
