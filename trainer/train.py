@@ -135,7 +135,7 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     from transformers import AutoConfig, AutoProcessor
 
     from ..plugin.agent.prompts import family_for
-    from ..plugin.agent.segmenter import SamSegmenter
+    from ..plugin.agent.segmenter import load_segmenter
     from .grpo import SamVeteranGRPOTrainer
     from .rewards import build_reward_functions
 
@@ -145,7 +145,7 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     family = family_for(AutoConfig.from_pretrained(policy).model_type)
     if config.input_size:
         family = family.with_input_size(config.input_size)
-    segmenter = SamSegmenter.from_checkpoint(segmenter_path, device=device)
+    segmenter = load_segmenter(segmenter_path, device=str(device))
     samples = read_view(view if view is not None else load_view(config), config.data.query_field,
                         config.data.gt_field)
     records = build_tasks(samples, segmenter, config.tasks, seed=config.seed)
