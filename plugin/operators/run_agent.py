@@ -32,7 +32,7 @@ class RunSamVeteran(foo.Operator):
     def config(self):
         return foo.OperatorConfig(name="run_sam_veteran", label="Run SAM-Veteran",
                                   description="Segment each sample's query with the SAM-Veteran agent, step by step",
-                                  icon="auto_fix_high", dynamic=True)
+                                  icon="auto_fix_high", dynamic=True, execute_as_generator=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
