@@ -124,3 +124,26 @@ def test_rows_are_the_agents_own_prompts(view, tiny_segmenter):
         shown = None if record.task == GROUNDING else record.shown_mask()
         assert np.array_equal(np.asarray(row["image"]), np.asarray(policy_view(record.load_image(), (56, 56), shown)))
         assert np.array_equal(np.asarray(render_record(record, family)["image"]), np.asarray(row["image"]))
+
+
+def test_mask_items_are_refreshed_from_the_policys_own_boxes(view, tiny_segmenter):
+    from sam_veteran.trainer.refresh import refresh_mask_items
+    from tests.scripted import ScriptedPolicy, box_answer
+
+    samples = read_view(view)
+    records = build_tasks(samples, tiny_segmenter, TaskConfig(ratios={MASK: 1}, items_per_sample=1), seed=0)
+    family = FAMILIES["qwen2_5_vl"].with_input_size((100, 100))
+    # the policy answers a box of 10-50% of the view for "object 1" and nonsense for the others
+    policy = ScriptedPolicy(lambda query, step, sampled: box_answer([10, 10, 50, 50]) if query == "object 1"
+                            else "no idea", family=family)
+    before = list(records)
+    assert refresh_mask_items(records, range(len(records)), policy, tiny_segmenter, TaskConfig()) == 1
+    changed = [i for i, r in enumerate(records) if r is not before[i]]
+    assert len(changed) == 1
+    record = records[changed[0]]
+    assert record.query == "object 1" and record.mask_source == "segmenter"
+    width, height = record.image_size
+    assert record.prompt_box == pytest.approx((0.1 * width, 0.1 * height, 0.5 * width, 0.5 * height))
+    embedding = tiny_segmenter.encode([record.load_image()])[0]
+    assert np.array_equal(record.shown_mask(), tiny_segmenter.segment(embedding, record.prompt_box).mask)
+    assert record.shown_iou == pytest.approx(tolerant_iou(record.shown_mask(), record.gt_mask(), record.ignore_mask()))

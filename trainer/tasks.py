@@ -2,7 +2,8 @@
 
 - grounding: image + query -> a box;
 - mask: image + query + a mask overlay -> clicks or stop. The masks come from the segmenter run on perturbed
-  ground-truth boxes ("needs refinement", mostly) and from the ground truth itself ("good enough");
+  ground-truth boxes ("needs refinement", mostly), from the ground truth itself ("good enough") and, while
+  training, from the current policy's own boxes (`refresh.py`);
 - auxiliary: the ground-truth mask corrupted with random polygons (an added area is a false positive, a removed
   area a false negative) -> a negative click on the added area, a positive click on the removed one.
 
@@ -104,6 +105,8 @@ class TaskConfig:
     defect_kinds: dict[str, float] = field(default_factory=lambda: {"add": 0.4, "remove": 0.4, "both": 0.2})
     min_defect_fraction: float = 0.03  # smallest defect, as a fraction of the object's area
     encode_batch_size: int = 8
+    policy_refresh_steps: int = 10  # every N steps some mask items are redrawn from the policy's own boxes; 0 = off
+    policy_refresh_items: int = 16  # how many mask items each refresh replaces
 
     def __post_init__(self) -> None:
         unknown = set(self.ratios) - set(TASKS)

@@ -137,6 +137,7 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     from ..plugin.agent.prompts import family_for
     from ..plugin.agent.segmenter import load_segmenter
     from .grpo import SamVeteranGRPOTrainer
+    from .refresh import PolicyMaskRefresh
     from .rewards import build_reward_functions
 
     device = PartialState(cpu=config.use_cpu).device  # first, so every later PartialState() is this one
@@ -166,11 +167,16 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
         processing_class=processor, peft_config=peft_config, sampling=config.sampling,
         callbacks=[MetricsLogCallback(Path(config.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
+    if config.tasks.policy_refresh_steps:
+        trainer.add_callback(PolicyMaskRefresh(trainer, records, segmenter, family, config.tasks, seed=config.seed))
     return trainer, records
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    """The newest complete checkpoint: the trainer writes `trainer_state.json` last, so a folder without it was cut
+    off while saving (a killed run) and cannot be resumed from."""
+    checkpoints = sorted((p.parent for p in Path(output_dir).glob("checkpoint-*/trainer_state.json")),
+                         key=lambda p: int(p.name.rsplit("-", 1)[1]))
     return str(checkpoints[-1]) if checkpoints else None
 
 
