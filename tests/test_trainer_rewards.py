@@ -9,7 +9,7 @@ from sam_veteran.trainer.rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, 
                                          FormatReward, IoUGainReward, RewardConfig, SamIoUReward,
                                          answer_format_reward, auxiliary_reward, box_iou, box_iou_reward,
                                          box_l1_reward, build_reward_functions, decision_reward, format_reward,
-                                         iou_gain_reward, mask_box, mask_centre, mask_iou, point_reward,
+                                         iou_gain_reward, mask_box, mask_centre, mask_iou, point_hit,
                                          stop_gain_reward, tolerant_iou)
 from sam_veteran.trainer.tasks import TaskRecord, encode_mask
 from tests.scripted import box_answer, click_answer
@@ -91,16 +91,20 @@ def test_a_correct_stop_earns_the_maximum_of_four():
 
 
 def test_point_and_auxiliary_rewards_within_fifty_pixels():
-    assert point_reward((130, 140), (100, 100)) == 1.0  # distance 50
-    assert point_reward((131, 140), (100, 100)) == 0.0
-    assert point_reward(None, None) == 1.0
-    assert point_reward((1, 1), None) == 0.0
-    assert point_reward(None, (1, 1)) == 0.0
+    assert point_hit((130, 140), (100, 100))  # distance 50
+    assert not point_hit((131, 140), (100, 100))
+    assert not point_hit(None, (100, 100))
     # removed area at (10, 10) -> positive click; added area at (200, 200) -> negative click
     assert auxiliary_reward((12, 12), (210, 190), (10, 10), (200, 200)) == 1.0
     assert auxiliary_reward((12, 12), None, (10, 10), (200, 200)) == 0.5
+    assert auxiliary_reward((12, 12), (90, 90), (10, 10), (200, 200)) == 0.5  # the negative click missed
+    assert auxiliary_reward(None, None, (10, 10), (200, 200)) == 0.0  # a stop finds nothing
     assert auxiliary_reward(None, (12, 12), (10, 10), None) == 0.0  # clicks swapped
     assert auxiliary_reward((12, 12), None, (10, 10), None) == 1.0
+    assert auxiliary_reward((12, 12), (50, 50), (10, 10), None) == 0.0  # a spurious negative cancels the hit
+    assert auxiliary_reward(None, None, (10, 10), None) == 0.0
+    with pytest.raises(ValueError):
+        auxiliary_reward(None, None, None, None)
 
 
 def test_format_rewards():
@@ -147,11 +151,12 @@ def test_grounding_wrappers_map_the_family_coordinates():
 
 def test_wrappers_score_only_their_task():
     family, config = FAMILIES["qwen2_5_vl"], RewardConfig()
-    rows = [record(GROUNDING), record(MASK, case=REFINE), record(AUXILIARY)]
-    texts = [box_answer([1, 2, 3, 4]), click_answer([5, 5]), click_answer(None, None)]
+    rows = [record(GROUNDING), record(MASK, case=REFINE), record(AUXILIARY, false_positive_centre=(50.0, 50.0))]
+    # (210, 420) in the 840x840 view is (50, 50) in the 200x100 image: the negative click hits the added area
+    texts = [box_answer([1, 2, 3, 4]), click_answer([5, 5]), click_answer(None, [210, 420])]
     assert call(BoxIoUReward(family, config), texts, rows)[1:] == [None, None]
     assert call(DecisionReward(family, config), texts, rows) == [None, 1.0, None]
-    assert call(AuxiliaryPointReward(family, config), texts, rows)[:2] == [None, None]
+    assert call(AuxiliaryPointReward(family, config), texts, rows) == [None, None, 1.0]
     assert call(FormatReward(family, config), texts, rows) == [1.0, 1.0, 1.0]
     assert call(AnswerFormatReward(family, config), texts, rows) == [1.0, 1.0, 1.0]
 
@@ -161,7 +166,7 @@ def test_auxiliary_wrapper_measures_in_view_pixels():
     rec = record(AUXILIARY, false_negative_centre=(50.0, 50.0), false_positive_centre=None)
     near = click_answer([25 + 48, 25])  # 48 px of the view (96 px of the image) from the centre (25, 25)
     far = click_answer([25 + 52, 25])
-    assert call(AuxiliaryPointReward(family, RewardConfig()), [near, far], [rec, rec]) == [1.0, 0.5]
+    assert call(AuxiliaryPointReward(family, RewardConfig()), [near, far], [rec, rec]) == [1.0, 0.0]
 
 
 def test_weights_must_name_known_rewards(tiny_segmenter):

@@ -136,20 +136,22 @@ def stop_gain_reward(case: str, bonus: float = 3.0) -> float:
     return bonus if case == GOOD else 0.0
 
 
-def point_reward(point: Sequence[float] | None, centre: Sequence[float] | None, radius: float = 50.0) -> float:
-    """1 when a click is right for one slot: within `radius` of the defect centre, or absent when there is no defect."""
-    if centre is None:
-        return 1.0 if point is None else 0.0
-    if point is None:
-        return 0.0
-    return 1.0 if float(np.hypot(point[0] - centre[0], point[1] - centre[1])) <= radius else 0.0
+def point_hit(point: Sequence[float] | None, centre: Sequence[float], radius: float = 50.0) -> bool:
+    """A click counts when it lies within `radius` of the defect region's centre."""
+    return point is not None and float(np.hypot(point[0] - centre[0], point[1] - centre[1])) <= radius
 
 
 def auxiliary_reward(positive, negative, false_negative_centre, false_positive_centre, radius: float = 50.0) -> float:
-    """The auxiliary task: a positive click on the removed area and a negative click on the added one, each
-    scored by `point_reward` and averaged (so 1 when both slots are right)."""
-    return 0.5 * (point_reward(positive, false_negative_centre, radius)
-                  + point_reward(negative, false_positive_centre, radius))
+    """The auxiliary task: a positive click on the removed area (false negative), a negative click on the added
+    one (false positive). (hits - spurious clicks) / defects, clipped to [0, 1]: 1 when every defect is clicked
+    and nothing else; a click for a defect that is not there cancels a hit; a stop scores 0."""
+    slots = [(positive, false_negative_centre), (negative, false_positive_centre)]
+    defects = sum(centre is not None for _, centre in slots)
+    if defects == 0:
+        raise ValueError("an auxiliary item needs at least one defect")
+    hits = sum(centre is not None and point_hit(point, centre, radius) for point, centre in slots)
+    spurious = sum(centre is None and point is not None for point, centre in slots)
+    return min(1.0, max(0.0, (hits - spurious) / defects))
 
 
 def format_reward(text: str) -> float:
@@ -284,25 +286,37 @@ class AuxiliaryPointReward(RewardFunction):
                                 in_view(record.false_positive_centre), self.config.point_radius)
 
 
-class SegmenterReward(RewardFunction):
-    """A reward that runs the segmenter: image embeddings are cached per image, as the agent reuses them."""
+class EmbeddingCache:
+    """The segmenter's image embeddings, most recent `size` images: every rollout of a group (and every reward
+    that runs the segmenter) reuses one encoding, as the agent does across its steps."""
 
-    def __init__(self, family: ModelFamily, config: RewardConfig, segmenter, cache_size: int = 32) -> None:
-        super().__init__(family, config)
+    def __init__(self, segmenter, size: int = 32) -> None:
         self.segmenter = segmenter
-        self.cache_size = cache_size
+        self.size = size
         self._embeddings: OrderedDict = OrderedDict()
 
-    def embedding(self, record):
+    def get(self, record):
         key = record.filepath
         if key in self._embeddings:
             self._embeddings.move_to_end(key)
             return self._embeddings[key]
         embedding = self.segmenter.encode([record.load_image()])[0]
         self._embeddings[key] = embedding
-        if len(self._embeddings) > self.cache_size:
+        if len(self._embeddings) > self.size:
             self._embeddings.popitem(last=False)
         return embedding
+
+
+class SegmenterReward(RewardFunction):
+    """A reward that runs the segmenter on the cached image embedding."""
+
+    def __init__(self, family: ModelFamily, config: RewardConfig, segmenter, cache: EmbeddingCache | None = None):
+        super().__init__(family, config)
+        self.segmenter = segmenter
+        self.cache = cache or EmbeddingCache(segmenter)
+
+    def embedding(self, record):
+        return self.cache.get(record)
 
 
 class SamIoUReward(SegmenterReward):
@@ -349,9 +363,10 @@ class IoUGainReward(SegmenterReward):
 def build_reward_functions(family: ModelFamily, config: RewardConfig, segmenter, extra: list | None = None) -> list:
     """Every reward of the method in a fixed order, then `extra` TRL reward functions; their names key the
     metrics and `config.weights`."""
+    cache = EmbeddingCache(segmenter)
     functions = [FormatReward(family, config), AnswerFormatReward(family, config), BoxIoUReward(family, config),
-                 BoxL1Reward(family, config), SamIoUReward(family, config, segmenter),
-                 DecisionReward(family, config), IoUGainReward(family, config, segmenter),
+                 BoxL1Reward(family, config), SamIoUReward(family, config, segmenter, cache),
+                 DecisionReward(family, config), IoUGainReward(family, config, segmenter, cache),
                  AuxiliaryPointReward(family, config), *(extra or [])]
     names = [f.__name__ for f in functions]
     unknown = set(config.weights) - set(names)

@@ -176,7 +176,7 @@ def build_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig | Non
              for task, n in counts.items()}
     records = [_base(GROUNDING, s) for s in picks[GROUNDING]]
     records += _mask_tasks(picks[MASK], segmenter, config, rng)
-    records += [_auxiliary_task(s, config, rng) for s in picks[AUXILIARY]]
+    records += [r for r in (_auxiliary_task(s, config, rng) for s in picks[AUXILIARY]) if r is not None]
     return [records[i] for i in rng.permutation(len(records))]
 
 
@@ -285,13 +285,20 @@ def corrupt_mask(sample: SampleRecord, kind: str, config: TaskConfig, rng, tries
     return corrupted, fn_centre, fp_centre
 
 
-def _auxiliary_task(sample: SampleRecord, config: TaskConfig, rng) -> TaskRecord:
+def _auxiliary_task(sample: SampleRecord, config: TaskConfig, rng) -> TaskRecord | None:
+    """A corrupted-mask item; when the drawn kind leaves no defect (no room outside the object), the other kinds
+    are tried; an object too small for any defect gives no item."""
     kinds = list(config.defect_kinds)
     weights = np.array([config.defect_kinds[k] for k in kinds], dtype=float)
     kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
-    corrupted, fn_centre, fp_centre = corrupt_mask(sample, kind, config, rng)
-    return _base(AUXILIARY, sample, shown_rle=encode_mask(corrupted), mask_source="ground_truth",
-                 prompt_box=mask_box(sample.target), false_negative_centre=fn_centre, false_positive_centre=fp_centre)
+    for attempt in dict.fromkeys([kind, "remove", "add"]):
+        corrupted, fn_centre, fp_centre = corrupt_mask(sample, attempt, config, rng)
+        if fn_centre is not None or fp_centre is not None:
+            return _base(AUXILIARY, sample, shown_rle=encode_mask(corrupted), mask_source="ground_truth",
+                         prompt_box=mask_box(sample.target), false_negative_centre=fn_centre,
+                         false_positive_centre=fp_centre)
+    logger.warning("sample %s: no room for a defect in its ground truth; no auxiliary item", sample.sample_id)
+    return None
 
 
 def task_dataset(records: list[TaskRecord], family: ModelFamily, overlay: OverlayStyle = OverlayStyle()):
