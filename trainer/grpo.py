@@ -21,10 +21,10 @@ import torch
 from accelerate.utils import gather, gather_object
 from trl import GRPOTrainer
 
-from ..plugin.agent.parsing import AnswerError, parse_grounding, parse_refinement
+from ..plugin.agent.parsing import AnswerError, parse_refinement
 from .config import SamplingConfig
 from .rewards import GROUNDING, TASKS, completion_text
-from .sampling import action_type, select_actions, select_boxes
+from .sampling import select_rollouts
 
 
 class SamVeteranGRPOTrainer(GRPOTrainer):
@@ -68,41 +68,14 @@ class SamVeteranGRPOTrainer(GRPOTrainer):
         rounds = [super(SamVeteranGRPOTrainer, self)._generate_single_turn(
             prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
             for _ in range(self.sampling.oversample)]
-        size = self.num_generations
-        completion_ids: list = [None] * len(prompt_ids)
-        logprobs: list | None = None if rounds[0][1] is None else [None] * len(prompt_ids)
-        for start in range(0, len(prompt_ids), size):
-            rows = range(start, start + size)
-            candidates = [(r, row) for r in range(len(rounds)) for row in rows]
-            texts = self.processing_class.batch_decode([rounds[r][0][row] for r, row in candidates],
-                                                       skip_special_tokens=True)
-            task = self._batch_inputs[start]["record"].task
-            chosen, met = self._select(task, texts, size)
+        decoded = [self.processing_class.batch_decode(ids, skip_special_tokens=True) for ids, _ in rounds]
+        tasks = [x["record"].task for x in self._batch_inputs]
+        picks, groups = select_rollouts(decoded, tasks, self.num_generations, self.sampling)
+        for task, met in groups:
             self._sampling_stats[task].append(float(met))
-            for row, index in zip(rows, chosen):
-                r, source = candidates[index]
-                completion_ids[row] = rounds[r][0][source]
-                if logprobs is not None:
-                    logprobs[row] = rounds[r][1][source]
+        completion_ids = [rounds[r][0][row] for r, row in picks]
+        logprobs = None if rounds[0][1] is None else [rounds[r][1][row] for r, row in picks]
         return completion_ids, logprobs
-
-    def _select(self, task: str, texts: list[str], size: int) -> tuple[list[int], bool]:
-        if task == GROUNDING:
-            boxes = []
-            for text in texts:
-                try:
-                    boxes.append(parse_grounding(text).box)
-                except AnswerError:
-                    boxes.append(None)
-            return select_boxes(boxes, size, self.sampling.nms_iou)
-        types = []
-        for text in texts:
-            try:
-                answer = parse_refinement(text)
-                types.append(action_type(answer.positive, answer.negative))
-            except AnswerError:
-                types.append(None)
-        return select_actions(types, size, self.sampling.action_ratio)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL's log, without the reward means of tasks absent from this logging window (they would be None)."""

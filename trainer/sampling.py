@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .rewards import box_iou
+from ..plugin.agent.parsing import AnswerError, parse_grounding, parse_refinement
+from .rewards import GROUNDING, box_iou
 
 STOP, POSITIVE, NEGATIVE, BOTH = "stop", "positive", "negative", "positive+negative"
 ACTION_TYPES = (STOP, POSITIVE, NEGATIVE, BOTH)
@@ -62,3 +63,44 @@ def select_actions(types: Sequence[str | None], size: int,
     rest = [i for i, t in enumerate(types) if i not in chosen and t is not None]
     rest += [i for i, t in enumerate(types) if i not in chosen and t is None]
     return sorted(chosen) + rest[: size - len(chosen)], met
+
+
+def select_group(task: str, texts: Sequence[str], size: int, config) -> tuple[list[int], bool]:
+    """Indices of `size` of a group's candidate answers (`texts`) for `task`, and whether the target was met.
+    `config` is a `SamplingConfig` (nms_iou, action_ratio)."""
+    if task == GROUNDING:
+        boxes = []
+        for text in texts:
+            try:
+                boxes.append(parse_grounding(text).box)
+            except AnswerError:
+                boxes.append(None)
+        return select_boxes(boxes, size, config.nms_iou)
+    types = []
+    for text in texts:
+        try:
+            answer = parse_refinement(text)
+            types.append(action_type(answer.positive, answer.negative))
+        except AnswerError:
+            types.append(None)
+    return select_actions(types, size, config.action_ratio)
+
+
+def select_rollouts(texts: Sequence[Sequence[str]], tasks: Sequence[str], size: int,
+                    config) -> tuple[list[tuple[int, int]], list[tuple[str, bool]]]:
+    """Choose each row's completion from oversampled rounds.
+
+    `texts[r][row]` is round r's answer for batch row `row`; rows come in consecutive groups of `size` sharing one
+    prompt (`tasks[row]` its task). Returns, per row, the (round, row) whose completion it takes (always from its own
+    group), and per group (task, whether the target was met).
+    """
+    if len(tasks) % size:
+        raise ValueError(f"{len(tasks)} rows do not make whole groups of {size}")
+    picks: list[tuple[int, int]] = []
+    groups: list[tuple[str, bool]] = []
+    for start in range(0, len(tasks), size):
+        candidates = [(r, row) for r in range(len(texts)) for row in range(start, start + size)]
+        chosen, met = select_group(tasks[start], [texts[r][row] for r, row in candidates], size, config)
+        picks += [candidates[i] for i in chosen]
+        groups.append((tasks[start], met))
+    return picks, groups
