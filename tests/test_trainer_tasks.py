@@ -50,6 +50,9 @@ def test_read_view_keeps_usable_samples_and_reports_the_rest(view, caplog):
     assert first.ignore is not None and first.ignore[9, 12:30].all() and not first.target[9].any()
     assert mask_box(first.target) == (12.0, 10.0, 30.0, 40.0)
     assert "skipped 3 of 9 samples" in caplog.text and "no query" in caplog.text and "no target pixel" in caplog.text
+    chunked = read_view(view, chunk_size=2)  # a few samples per values() call: the same records, in order
+    assert [(r.sample_id, r.box, r.target_rle, r.ignore_rle) for r in chunked] == \
+        [(r.sample_id, r.box, r.target_rle, r.ignore_rle) for r in records]
     with pytest.raises(ValueError, match="no usable training sample"):
         read_view(view.match(fo.ViewField("query") == "  "))
 

@@ -44,17 +44,24 @@ def decode_mask(rle: dict) -> np.ndarray:
 
 @dataclass
 class SampleRecord:
-    """One (image, query) item of the view with its ground truth: target and ignore masks, image-sized."""
+    """One (image, query) item of the view with its ground truth, kept run-length encoded (a training view can
+    hold a hundred thousand masks); `target` and `ignore` decode them, image-sized."""
 
     sample_id: str
     filepath: str
     query: str
-    target: np.ndarray  # bool (H, W)
-    ignore: np.ndarray | None  # bool (H, W), pixels marked 255
+    image_size: tuple[int, int]  # (width, height)
+    box: tuple[float, float, float, float]  # the target's tight box
+    target_rle: dict
+    ignore_rle: dict | None  # pixels marked 255
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.target.shape[1], self.target.shape[0])
+    def target(self) -> np.ndarray:
+        return decode_mask(self.target_rle)
+
+    @property
+    def ignore(self) -> np.ndarray | None:
+        return None if self.ignore_rle is None else decode_mask(self.ignore_rle)
 
 
 @dataclass
@@ -117,42 +124,52 @@ class TaskConfig:
             raise ValueError(f"defect kinds are 'add', 'remove', 'both', got {sorted(self.defect_kinds)}")
 
 
-def read_view(view, query_field: str = "query", gt_field: str = "ground_truth") -> list[SampleRecord]:
-    """Read queries and ground-truth masks (`fo.Segmentation`: 0 background, 1 target, 255 ignore) in bulk.
+def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
+              chunk_size: int = 1000) -> list[SampleRecord]:
+    """Read queries and ground-truth masks (`fo.Segmentation`: 0 background, 1 target, 255 ignore) in bulk,
+    `chunk_size` samples per `values()` call, so only one chunk of full masks is ever in memory.
 
     Samples without a query or a target pixel cannot teach anything and are skipped, each reported by id.
     """
-    ids, paths, queries, masks, mask_paths, widths, heights = view.values(
-        ["id", "filepath", query_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
-         "metadata.height"])
+    fields = ["id", "filepath", query_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
+              "metadata.height"]
+    ids = view.values("id")
     records, skipped = [], []
-    for sample_id, path, query, mask, mask_path, width, height in zip(ids, paths, queries, masks, mask_paths,
-                                                                       widths, heights):
-        if mask is None and mask_path:
-            mask = np.asarray(Image.open(mask_path))
-        if not isinstance(query, str) or not query.strip():
-            skipped.append(f"{sample_id}: no query in '{query_field}'")
-            continue
-        if mask is None:
-            skipped.append(f"{sample_id}: no mask in '{gt_field}'")
-            continue
-        mask = np.asarray(mask)
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        if width and height and mask.shape != (height, width):
-            skipped.append(f"{sample_id}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}")
-            continue
-        ignore = mask == IGNORE_VALUE
-        target = (mask > 0) & ~ignore
-        if not target.any():
-            skipped.append(f"{sample_id}: the ground truth has no target pixel")
-            continue
-        records.append(SampleRecord(sample_id, path, query, target, ignore if ignore.any() else None))
+    for start in range(0, len(ids), chunk_size):
+        chunk = view.select(ids[start : start + chunk_size], ordered=True)
+        for values in zip(*chunk.values(fields)):
+            record = _sample_record(*values, query_field=query_field, gt_field=gt_field)
+            if isinstance(record, str):
+                skipped.append(record)
+            else:
+                records.append(record)
     if skipped:
         logger.warning("skipped %d of %d samples: %s", len(skipped), len(ids), "; ".join(skipped[:20]))
     if not records:
         raise ValueError(f"no usable training sample in the view ({len(skipped)} skipped): " + "; ".join(skipped[:5]))
     return records
+
+
+def _sample_record(sample_id, path, query, mask, mask_path, width, height, query_field: str,
+                   gt_field: str) -> SampleRecord | str:
+    """The sample's record, or why it cannot be used."""
+    if not isinstance(query, str) or not query.strip():
+        return f"{sample_id}: no query in '{query_field}'"
+    if mask is None and mask_path:
+        mask = np.asarray(Image.open(mask_path))
+    if mask is None:
+        return f"{sample_id}: no mask in '{gt_field}'"
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if width and height and mask.shape != (height, width):
+        return f"{sample_id}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}"
+    ignore = mask == IGNORE_VALUE
+    target = (mask > 0) & ~ignore
+    if not target.any():
+        return f"{sample_id}: the ground truth has no target pixel"
+    return SampleRecord(sample_id, path, query, (mask.shape[1], mask.shape[0]), mask_box(target),
+                        encode_mask(target), encode_mask(ignore) if ignore.any() else None)
 
 
 def allocate(total: int, ratios: dict[str, float]) -> dict[str, int]:
@@ -182,24 +199,25 @@ def build_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig | Non
 
 def _base(task: str, sample: SampleRecord, **fields) -> TaskRecord:
     return TaskRecord(task=task, sample_id=sample.sample_id, filepath=sample.filepath, query=sample.query,
-                      image_size=sample.image_size, gt_box=mask_box(sample.target), gt_rle=encode_mask(sample.target),
-                      ignore_rle=None if sample.ignore is None else encode_mask(sample.ignore), **fields)
+                      image_size=sample.image_size, gt_box=sample.box, gt_rle=sample.target_rle,
+                      ignore_rle=sample.ignore_rle, **fields)
 
 
 def _mask_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig, rng) -> list[TaskRecord]:
     """Mask-comprehension items: the ground truth for a `good_share`, else the segmenter on a perturbed box."""
     good = rng.random(len(samples)) < config.good_share
-    out = [_base(MASK, s, shown_rle=encode_mask(s.target), mask_source="ground_truth",
-                 prompt_box=mask_box(s.target), shown_iou=1.0, case=GOOD)
+    out = [_base(MASK, s, shown_rle=s.target_rle, mask_source="ground_truth", prompt_box=s.box,
+                 shown_iou=1.0, case=GOOD)
            for s, g in zip(samples, good) if g]
     perturbed = [s for s, g in zip(samples, good) if not g]
     for start in range(0, len(perturbed), config.encode_batch_size):
         chunk = perturbed[start : start + config.encode_batch_size]
         embeddings = segmenter.encode([_image_for(s) for s in chunk])
         for sample, embedding in zip(chunk, embeddings):
-            box = perturb_box(mask_box(sample.target), sample.image_size, config.box_jitter, rng)
+            target = sample.target
+            box = perturb_box(sample.box, sample.image_size, config.box_jitter, rng)
             shown = segmenter.segment(embedding, box).mask
-            iou = tolerant_iou(shown, sample.target, sample.ignore, config.edge_tolerance)
+            iou = tolerant_iou(shown, target, sample.ignore, config.edge_tolerance)
             case = GOOD if iou >= config.good_iou - 1e-9 else REFINE if iou < config.refine_iou else AMBIGUOUS
             out.append(_base(MASK, sample, shown_rle=encode_mask(shown), mask_source="segmenter", prompt_box=box,
                              shown_iou=iou, case=case))
@@ -208,9 +226,9 @@ def _mask_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig, rng)
 
 def _image_for(sample: SampleRecord) -> np.ndarray:
     image = load_image(sample.filepath)
-    if image.shape[:2] != sample.target.shape:
-        raise ValueError(f"sample {sample.sample_id}: ground-truth mask is {sample.target.shape[1]}x"
-                         f"{sample.target.shape[0]} but the image {sample.filepath} is {image.shape[1]}x{image.shape[0]}")
+    if (image.shape[1], image.shape[0]) != tuple(sample.image_size):
+        raise ValueError(f"sample {sample.sample_id}: ground-truth mask is {sample.image_size[0]}x"
+                         f"{sample.image_size[1]} but the image {sample.filepath} is {image.shape[1]}x{image.shape[0]}")
     return image
 
 
@@ -249,11 +267,11 @@ def corrupt_mask(sample: SampleRecord, kind: str, config: TaskConfig, rng, tries
     Returns (corrupted mask, false-negative centre, false-positive centre); a defect smaller than
     `min_defect_fraction` of the object is redrawn, up to `tries` times (then the largest drawn is kept).
     """
-    target = sample.target
-    x1, y1, x2, y2 = mask_box(target)
+    target, ignore = sample.target, sample.ignore
+    x1, y1, x2, y2 = sample.box
     scale = max(x2 - x1, y2 - y1)
     minimum = config.min_defect_fraction * np.count_nonzero(target)
-    allowed = ~target if sample.ignore is None else ~target & ~sample.ignore
+    allowed = ~target if ignore is None else ~target & ~ignore
 
     def draw(region: np.ndarray, pick_from: np.ndarray) -> np.ndarray:
         best = np.zeros_like(target)
@@ -295,7 +313,7 @@ def _auxiliary_task(sample: SampleRecord, config: TaskConfig, rng) -> TaskRecord
         corrupted, fn_centre, fp_centre = corrupt_mask(sample, attempt, config, rng)
         if fn_centre is not None or fp_centre is not None:
             return _base(AUXILIARY, sample, shown_rle=encode_mask(corrupted), mask_source="ground_truth",
-                         prompt_box=mask_box(sample.target), false_negative_centre=fn_centre,
+                         prompt_box=sample.box, false_negative_centre=fn_centre,
                          false_positive_centre=fp_centre)
     logger.warning("sample %s: no room for a defect in its ground truth; no auxiliary item", sample.sample_id)
     return None
