@@ -1,4 +1,5 @@
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -125,14 +126,15 @@ def test_runner_loads_real_tiny_models_from_paths(dataset, tiny_models):
 def test_run_command_runs_on_a_view_and_resumes(tmp_path, capsys):
     from sam_veteran.cli import main
 
-    dataset = make_dataset(tmp_path, 5, name="cli-run-test")
+    name = f"cli-run-{uuid.uuid4().hex[:8]}"  # the database may be shared with other test sessions
+    dataset = make_dataset(tmp_path, 5, name=name)
     dataset.take(3, seed=0).tag_samples("pick")
     try:
-        assert main(["run", "cli-run-test", "--tiny", "--tags", "pick", "--max-steps", "1", "--json"]) == 0
+        assert main(["run", name, "--tiny", "--tags", "pick", "--max-steps", "1", "--json"]) == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert (summary["total"], summary["done"]) == (3, 3)
         assert set(dataset.exists("veteran_mask").values("id")) == set(dataset.match_tags("pick").values("id"))
-        assert main(["run", "cli-run-test", "--tiny", "--max-steps", "1"]) == 0
+        assert main(["run", name, "--tiny", "--max-steps", "1"]) == 0
         assert "2 samples run (0 failed" in capsys.readouterr().out and dataset.exists("veteran_mask").count() == 5
     finally:
         dataset.delete()

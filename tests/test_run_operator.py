@@ -1,6 +1,7 @@
 """Run SAM-Veteran as the App runs it: registered through FiftyOne's plugin machinery, immediate and delegated."""
 
 import os
+import uuid
 from pathlib import Path
 
 import fiftyone.operators as foo
@@ -28,7 +29,7 @@ def installed_plugin():
 
 @pytest.fixture
 def dataset(tmp_path):
-    ds = make_dataset(tmp_path, 10, name="run-operator-test")
+    ds = make_dataset(tmp_path, 10, name=f"run-operator-{uuid.uuid4().hex[:8]}")  # the database may be shared
     yield ds
     ds.delete()
 
