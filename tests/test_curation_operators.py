@@ -16,6 +16,7 @@ from sam_veteran.plugin.datasets import import_reasonseg
 from sam_veteran.plugin.evaluation import evaluate
 from sam_veteran.plugin.labels import trace_to_labels
 from sam_veteran.plugin.operators.curation import Triage
+from sam_veteran.plugin.operators.export import ExportRefer
 
 PLUGIN = "@sam-veteran/fiftyone"
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,9 @@ def test_triage_form_offers_the_agent_runs(run):
     form = Triage().resolve_input(ctx).type
     assert form.properties["label_field"].type.values == ["veteran"]
     assert "ground_truth" in form.properties["compare_field"].type.values
+    export_form = ExportRefer().resolve_input(ctx).type
+    assert export_form.properties["dataset"].type.values == ["refcoco", "refcoco+", "refcocog", "grefcoco"]
+    assert "ignore_dropped" in ExportRefer().resolve_output(ctx).type.properties
 
 
 def test_triage_tag_export_workflow(installed_plugin, run, tmp_path):

@@ -31,6 +31,7 @@ TRACES = {
     "jump": trace(EndReason.AGENT_STOPPED, [(A, 0.9), (B, 0.3)]),
     "parse": trace(EndReason.PARSE_FAILURE, []),
     "parse_late": trace(EndReason.PARSE_FAILURE, [(C, 0.7)]),
+    "invalid": Trace(query="", image_size=(W, H), end_reason=EndReason.INVALID_INPUT, error="empty query"),
 }
 
 
@@ -70,11 +71,11 @@ def test_mask_iou_conventions():
 
 def test_triage_fields_on_handmade_traces(dataset):
     summary = triage(dataset, "veteran")
-    assert summary["count"] == 6 and summary["scored"] == 5
+    assert summary["count"] == 7 and summary["scored"] == 6
     reasons = by_name(dataset, "veteran_triage_reasons")
     assert reasons == {"good": [], "cap": ["step_cap"], "jump": ["low_confidence", "large_change"],
                        "parse": ["parse_failure", "low_confidence"], "parse_late": ["parse_failure"],
-                       "not_run": ["not_run"]}
+                       "invalid": ["invalid_input", "low_confidence"], "not_run": ["not_run"]}
     change = by_name(dataset, "veteran_triage_step_change")
     assert change["good"] == pytest.approx(1 - 400 / 420)
     assert change["jump"] == pytest.approx(2 / 3)
@@ -85,13 +86,14 @@ def test_triage_fields_on_handmade_traces(dataset):
     total = w["failure"] + w["step_cap"] + w["confidence"] + w["step_change"]
     score = by_name(dataset, "veteran_triage_score")
     assert score["parse"] == pytest.approx((w["failure"] + w["confidence"]) / total)
+    assert score["invalid"] == score["parse"]
     assert score["cap"] == pytest.approx((w["step_cap"] + 0.2 * w["confidence"]) / total)
     assert score["jump"] == pytest.approx((0.7 * w["confidence"] + 2 / 3 * w["step_change"]) / total)
     assert score["not_run"] is None
     order = review_order(dataset).values("name")
-    assert order[0] == "parse" and order.index("good") == 4
-    assert summary["reasons"] == {"not_run": 1, "parse_failure": 2, "step_cap": 1, "low_confidence": 2,
-                                  "large_change": 1}
+    assert set(order[:2]) == {"parse", "invalid"} and order.index("good") == 5
+    assert summary["reasons"] == {"not_run": 1, "parse_failure": 2, "invalid_input": 1, "step_cap": 1,
+                                  "low_confidence": 3, "large_change": 1}
 
 
 def test_two_runs_disagree(dataset):
@@ -99,7 +101,7 @@ def test_two_runs_disagree(dataset):
     disagreement = by_name(dataset, "cmp_disagreement")
     assert disagreement["jump"] == 0.0  # final mask B is the other run's mask
     assert disagreement["good"] == pytest.approx(1 - 200 / 620)
-    assert disagreement["parse"] == 1.0  # no mask against a non-empty one
+    assert disagreement["parse"] == 1.0 and disagreement["invalid"] == 1.0  # no mask against a non-empty one
     assert disagreement["parse_late"] == pytest.approx(1 - 400 / (W * H))
     assert "disagreement" in by_name(dataset, "cmp_reasons")["good"]
     assert "veteran_triage_score" not in dataset.get_field_schema()
