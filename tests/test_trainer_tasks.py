@@ -10,8 +10,8 @@ from PIL import Image
 from sam_veteran.plugin.agent import FAMILIES
 from sam_veteran.plugin.agent.overlay import policy_view
 from sam_veteran.plugin.agent.policy import PolicyRequest, messages
-from sam_veteran.trainer.rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, MASK, REFINE, mask_box, mask_centre,
-                                         mask_iou, tolerant_iou)
+from sam_veteran.trainer.rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, MASK, REFINE, EmbeddingCache,
+                                         mask_box, mask_centre, mask_iou, tolerant_iou)
 from sam_veteran.trainer.tasks import (TaskConfig, allocate, build_tasks, corrupt_mask, read_view, render_record,
                                        task_dataset)
 
@@ -57,6 +57,17 @@ def test_read_view_keeps_usable_samples_and_reports_the_rest(view, caplog):
         read_view(view.match(fo.ViewField("query") == "  "))
 
 
+def test_a_mask_that_does_not_fit_its_image_is_skipped(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(path)
+    dataset = fo.Dataset()
+    mask = np.ones((40, 20), np.uint8)  # transposed: 20 wide, 40 high
+    dataset.add_samples([fo.Sample(filepath=str(path), query="q", ground_truth=fo.Segmentation(mask=mask)),
+                         fo.Sample(filepath=str(path), query="q", ground_truth=fo.Segmentation(mask=mask.T.copy()))])
+    records = read_view(dataset)  # metadata is computed where missing
+    assert len(records) == 1 and records[0].image_size == (40, 20)
+
+
 def test_allocate_follows_the_ratio():
     assert allocate(10, {GROUNDING: 0.4, MASK: 0.4, AUXILIARY: 0.2}) == {GROUNDING: 4, MASK: 4, AUXILIARY: 2}
     assert allocate(7, {GROUNDING: 1, MASK: 1, AUXILIARY: 1}) == {GROUNDING: 3, MASK: 2, AUXILIARY: 2}
@@ -69,7 +80,13 @@ def test_build_tasks_produces_the_three_tasks_with_correct_targets(view, tiny_se
     samples = read_view(view)
     by_id = {s.sample_id: s for s in samples}
     config = TaskConfig(ratios={GROUNDING: 1, MASK: 2, AUXILIARY: 1}, items_per_sample=4, good_share=0.4)
-    records = build_tasks(samples, tiny_segmenter, config, seed=3)
+    records = build_tasks(samples, config, seed=3)
+    pending = [r for r in records if r.task == MASK and r.mask_source == "segmenter"]
+    assert pending and all(r.shown_rle is None and r.case is None for r in pending)  # masks made on first use
+    dataset = task_dataset(records, FAMILIES["qwen2_5_vl"].with_input_size((56, 56)), EmbeddingCache(tiny_segmenter),
+                           config)
+    for i in range(len(dataset)):
+        assert dataset[i]["record"] is records[i]
     counts = Counter(r.task for r in records)
     assert counts == {GROUNDING: 6, MASK: 12, AUXILIARY: 6}
     assert {r.sample_id for r in records if r.task == GROUNDING} == set(by_id)  # every sample once per stream
@@ -115,11 +132,12 @@ def test_corruptions_cover_add_remove_and_both(view):
 
 def test_rows_are_the_agents_own_prompts(view, tiny_segmenter):
     family = FAMILIES["qwen2_5_vl"].with_input_size((56, 56))
-    records = build_tasks(read_view(view), tiny_segmenter, TaskConfig(items_per_sample=1), seed=0)
-    dataset = task_dataset(records, family)
+    records = build_tasks(read_view(view), TaskConfig(items_per_sample=1), seed=0)
+    dataset = task_dataset(records, family, EmbeddingCache(tiny_segmenter))
     assert len(dataset) == len(records)
-    for i, record in enumerate(records):
+    for i in range(len(records)):
         row = dataset[i]
+        record = records[i]  # a mask item gets its segmenter mask on first use
         assert row["record"] is record and row["task"] == record.task
         assert row["image"].size == (56, 56)
         prompt = family.grounding_prompt(record.query) if record.task == GROUNDING else family.refine_prompt(record.query)
@@ -134,7 +152,8 @@ def test_mask_items_are_refreshed_from_the_policys_own_boxes(view, tiny_segmente
     from tests.scripted import ScriptedPolicy, box_answer
 
     samples = read_view(view)
-    records = build_tasks(samples, tiny_segmenter, TaskConfig(ratios={MASK: 1}, items_per_sample=1), seed=0)
+    records = build_tasks(samples, TaskConfig(ratios={MASK: 1, GROUNDING: 0}, items_per_sample=1, good_share=1.0),
+                          seed=0)
     family = FAMILIES["qwen2_5_vl"].with_input_size((100, 100))
     # the policy answers a box of 10-50% of the view for "object 1" and nonsense for the others
     policy = ScriptedPolicy(lambda query, step, sampled: box_answer([10, 10, 50, 50]) if query == "object 1"

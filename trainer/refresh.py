@@ -15,8 +15,8 @@ import numpy as np
 from transformers import TrainerCallback
 
 from ..plugin.agent import Agent, AgentConfig, AgentInput, TransformersPolicy
-from .rewards import AMBIGUOUS, GOOD, MASK, REFINE, tolerant_iou
-from .tasks import TaskConfig, TaskRecord, encode_mask
+from .rewards import MASK, tolerant_iou
+from .tasks import TaskConfig, TaskRecord, encode_mask, mask_case
 
 
 def refresh_mask_items(records: list[TaskRecord], indices, policy, segmenter, config: TaskConfig,
@@ -34,9 +34,9 @@ def refresh_mask_items(records: list[TaskRecord], indices, policy, segmenter, co
         record = records[i]
         gt, ignore = record.gt_mask(), record.ignore_mask()
         iou = tolerant_iou(trace.mask, gt, ignore, config.edge_tolerance)
-        case = GOOD if iou >= config.good_iou - 1e-9 else REFINE if iou < config.refine_iou else AMBIGUOUS
         records[i] = replace(record, shown_rle=encode_mask(trace.mask), mask_source="segmenter",
-                             prompt_box=tuple(float(v) for v in trace.box), shown_iou=iou, case=case)
+                             prompt_box=tuple(float(v) for v in trace.box), shown_iou=iou,
+                             case=mask_case(iou, config))
         replaced += 1
     return replaced
 

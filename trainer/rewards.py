@@ -360,10 +360,11 @@ class IoUGainReward(SegmenterReward):
                                self.config.iou_gain_tiers)
 
 
-def build_reward_functions(family: ModelFamily, config: RewardConfig, segmenter, extra: list | None = None) -> list:
+def build_reward_functions(family: ModelFamily, config: RewardConfig, segmenter, extra: list | None = None,
+                           cache: EmbeddingCache | None = None) -> list:
     """Every reward of the method in a fixed order, then `extra` TRL reward functions; their names key the
-    metrics and `config.weights`."""
-    cache = EmbeddingCache(segmenter)
+    metrics and `config.weights`. `cache` shares image embeddings with whoever else runs the segmenter."""
+    cache = cache or EmbeddingCache(segmenter)
     functions = [FormatReward(family, config), AnswerFormatReward(family, config), BoxIoUReward(family, config),
                  BoxL1Reward(family, config), SamIoUReward(family, config, segmenter, cache),
                  DecisionReward(family, config), IoUGainReward(family, config, segmenter, cache),

@@ -15,7 +15,7 @@ own `messages`, prompts and `policy_view`: what is trained is exactly what runs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,8 +25,8 @@ from ..plugin.agent.images import load_image
 from ..plugin.agent.overlay import OverlayStyle, policy_view
 from ..plugin.agent.policy import PolicyRequest, messages
 from ..plugin.agent.prompts import ModelFamily
-from .rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, MASK, REFINE, TASKS, mask_box, mask_centre,
-                      tolerant_iou)
+from .rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, MASK, REFINE, TASKS, EmbeddingCache, mask_box,
+                      mask_centre, tolerant_iou)
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,6 @@ class TaskConfig:
     defect_scale: tuple[float, float] = (0.15, 0.4)  # polygon radius, as a fraction of the object's box size
     defect_kinds: dict[str, float] = field(default_factory=lambda: {"add": 0.4, "remove": 0.4, "both": 0.2})
     min_defect_fraction: float = 0.03  # smallest defect, as a fraction of the object's area
-    encode_batch_size: int = 8
     policy_refresh_steps: int = 10  # every N steps some mask items are redrawn from the policy's own boxes; 0 = off
     policy_refresh_items: int = 16  # how many mask items each refresh replaces
 
@@ -129,8 +128,12 @@ def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
     """Read queries and ground-truth masks (`fo.Segmentation`: 0 background, 1 target, 255 ignore) in bulk,
     `chunk_size` samples per `values()` call, so only one chunk of full masks is ever in memory.
 
-    Samples without a query or a target pixel cannot teach anything and are skipped, each reported by id.
+    Samples without a query or a target pixel, or whose mask and image sizes differ, are skipped, each reported
+    by id. Image sizes come from the samples' metadata, computed first where missing.
     """
+    missing = view.exists("metadata", False)
+    if len(missing):
+        missing.compute_metadata()
     fields = ["id", "filepath", query_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
               "metadata.height"]
     ids = view.values("id")
@@ -182,9 +185,8 @@ def allocate(total: int, ratios: dict[str, float]) -> dict[str, int]:
     return dict(zip(TASKS, counts.tolist()))
 
 
-def build_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig | None = None,
-                seed: int = 0) -> list[TaskRecord]:
-    """Draw the mixed task list (shuffled) from the samples; the segmenter makes the mask task's masks."""
+def build_tasks(samples: list[SampleRecord], config: TaskConfig | None = None, seed: int = 0) -> list[TaskRecord]:
+    """Draw the mixed task list (shuffled) from the samples."""
     config = config or TaskConfig()
     rng = np.random.default_rng(seed)
     counts = allocate(max(1, round(config.items_per_sample * len(samples))), config.ratios)
@@ -192,7 +194,7 @@ def build_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig | Non
                     np.concatenate([rng.permutation(len(samples)) for _ in range(n // len(samples) + 1)])[:n]]
              for task, n in counts.items()}
     records = [_base(GROUNDING, s) for s in picks[GROUNDING]]
-    records += _mask_tasks(picks[MASK], segmenter, config, rng)
+    records += _mask_tasks(picks[MASK], config, rng)
     records += [r for r in (_auxiliary_task(s, config, rng) for s in picks[AUXILIARY]) if r is not None]
     return [records[i] for i in rng.permutation(len(records))]
 
@@ -203,33 +205,28 @@ def _base(task: str, sample: SampleRecord, **fields) -> TaskRecord:
                       ignore_rle=sample.ignore_rle, **fields)
 
 
-def _mask_tasks(samples: list[SampleRecord], segmenter, config: TaskConfig, rng) -> list[TaskRecord]:
-    """Mask-comprehension items: the ground truth for a `good_share`, else the segmenter on a perturbed box."""
+def _mask_tasks(samples: list[SampleRecord], config: TaskConfig, rng) -> list[TaskRecord]:
+    """Mask-comprehension items: the ground truth for a `good_share`, else a perturbed ground-truth box whose
+    segmenter mask is made the first time the item is used (`complete_mask_item`)."""
     good = rng.random(len(samples)) < config.good_share
-    out = [_base(MASK, s, shown_rle=s.target_rle, mask_source="ground_truth", prompt_box=s.box,
-                 shown_iou=1.0, case=GOOD)
-           for s, g in zip(samples, good) if g]
-    perturbed = [s for s, g in zip(samples, good) if not g]
-    for start in range(0, len(perturbed), config.encode_batch_size):
-        chunk = perturbed[start : start + config.encode_batch_size]
-        embeddings = segmenter.encode([_image_for(s) for s in chunk])
-        for sample, embedding in zip(chunk, embeddings):
-            target = sample.target
-            box = perturb_box(sample.box, sample.image_size, config.box_jitter, rng)
-            shown = segmenter.segment(embedding, box).mask
-            iou = tolerant_iou(shown, target, sample.ignore, config.edge_tolerance)
-            case = GOOD if iou >= config.good_iou - 1e-9 else REFINE if iou < config.refine_iou else AMBIGUOUS
-            out.append(_base(MASK, sample, shown_rle=encode_mask(shown), mask_source="segmenter", prompt_box=box,
-                             shown_iou=iou, case=case))
-    return out
+    return [_base(MASK, s, shown_rle=s.target_rle, mask_source="ground_truth", prompt_box=s.box, shown_iou=1.0,
+                  case=GOOD) if g else
+            _base(MASK, s, mask_source="segmenter", prompt_box=perturb_box(s.box, s.image_size, config.box_jitter, rng))
+            for s, g in zip(samples, good)]
 
 
-def _image_for(sample: SampleRecord) -> np.ndarray:
-    image = load_image(sample.filepath)
-    if (image.shape[1], image.shape[0]) != tuple(sample.image_size):
-        raise ValueError(f"sample {sample.sample_id}: ground-truth mask is {sample.image_size[0]}x"
-                         f"{sample.image_size[1]} but the image {sample.filepath} is {image.shape[1]}x{image.shape[0]}")
-    return image
+def mask_case(iou: float, config: TaskConfig) -> str:
+    """"good" at or above `good_iou`, "refine" below `refine_iou`, else "ambiguous" (tolerant IoU)."""
+    return GOOD if iou >= config.good_iou - 1e-9 else REFINE if iou < config.refine_iou else AMBIGUOUS
+
+
+def complete_mask_item(record: TaskRecord, embeddings: EmbeddingCache, config: TaskConfig) -> TaskRecord:
+    """The item with the segmenter's mask for its prompt box, its tolerant IoU and its case. Done lazily, in the
+    process that trains on the item, so start-up costs nothing and the image's embedding is the one the rewards
+    reuse."""
+    shown = embeddings.segmenter.segment(embeddings.get(record), record.prompt_box).mask
+    iou = tolerant_iou(shown, record.gt_mask(), record.ignore_mask(), config.edge_tolerance)
+    return replace(record, shown_rle=encode_mask(shown), shown_iou=iou, case=mask_case(iou, config))
 
 
 def perturb_box(box, image_size: tuple[int, int], jitter: float, rng) -> tuple[float, float, float, float]:
@@ -319,14 +316,23 @@ def _auxiliary_task(sample: SampleRecord, config: TaskConfig, rng) -> TaskRecord
     return None
 
 
-def task_dataset(records: list[TaskRecord], family: ModelFamily, overlay: OverlayStyle = OverlayStyle()):
+def task_dataset(records: list[TaskRecord], family: ModelFamily, embeddings: EmbeddingCache,
+                 config: TaskConfig | None = None, overlay: OverlayStyle = OverlayStyle()):
     """The task records as a `datasets.Dataset` (what TRL takes) rendered on access into TRL rows: the agent's
-    chat (`prompt`), the policy's view (`image`), the `task` and the `record` the rewards read."""
+    chat (`prompt`), the policy's view (`image`), the `task` and the `record` the rewards read. A mask item whose
+    mask is not made yet gets it now (and keeps it)."""
     from datasets import Dataset
 
+    config = config or TaskConfig()
+
+    def row(index: int) -> dict:
+        if records[index].task == MASK and records[index].shown_rle is None:
+            records[index] = complete_mask_item(records[index], embeddings, config)
+        return render_record(records[index], family, overlay)
+
     def render(batch: dict) -> dict:
-        rows = [render_record(records[i], family, overlay) for i in batch["index"]]
-        return {key: [row[key] for row in rows] for key in ("prompt", "image", "task", "record")}
+        rows = [row(i) for i in batch["index"]]
+        return {key: [r[key] for r in rows] for key in ("prompt", "image", "task", "record")}
 
     dataset = Dataset.from_dict({"index": list(range(len(records)))})
     dataset.set_transform(render)
@@ -336,6 +342,9 @@ def task_dataset(records: list[TaskRecord], family: ModelFamily, overlay: Overla
 def render_record(record: TaskRecord, family: ModelFamily, overlay: OverlayStyle = OverlayStyle()) -> dict:
     """One TRL row, built with the agent's own prompts, overlay and chat: what is trained is what runs."""
     image = record.load_image()
+    if (image.shape[1], image.shape[0]) != tuple(record.image_size):
+        raise ValueError(f"sample {record.sample_id}: ground-truth mask is {record.image_size[0]}x"
+                         f"{record.image_size[1]} but the image {record.filepath} is {image.shape[1]}x{image.shape[0]}")
     if record.task == GROUNDING:
         view = policy_view(image, family.input_size)
         prompt = family.grounding_prompt(record.query)

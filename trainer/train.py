@@ -138,7 +138,7 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     from ..plugin.agent.segmenter import load_segmenter
     from .grpo import SamVeteranGRPOTrainer
     from .refresh import PolicyMaskRefresh
-    from .rewards import build_reward_functions
+    from .rewards import EmbeddingCache, build_reward_functions
 
     device = PartialState(cpu=config.use_cpu).device  # first, so every later PartialState() is this one
     policy, segmenter_path = resolve_models(config)
@@ -149,13 +149,14 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     segmenter = load_segmenter(segmenter_path, device=str(device))
     samples = read_view(view if view is not None else load_view(config), config.data.query_field,
                         config.data.gt_field)
-    records = build_tasks(samples, segmenter, config.tasks, seed=config.seed)
+    records = build_tasks(samples, config.tasks, seed=config.seed)
+    embeddings = EmbeddingCache(segmenter)
     prompts_per_step = args.generation_batch_size // args.num_generations
     if len(records) < prompts_per_step:
         raise ValueError(f"the view gives {len(records)} task items from {len(samples)} samples, fewer than the "
                          f"{prompts_per_step} prompts one generation batch needs: add samples, raise "
                          "tasks.items_per_sample or lower per_device_train_batch_size / gradient_accumulation_steps")
-    rewards = build_reward_functions(family, config.rewards, segmenter, extra_rewards)
+    rewards = build_reward_functions(family, config.rewards, segmenter, extra_rewards, embeddings)
     args.reward_weights = [config.rewards.weights.get(f.__name__, 1.0) for f in rewards]
     peft_config = None
     if config.lora.enabled:
@@ -163,7 +164,8 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
                                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
     processor = AutoProcessor.from_pretrained(policy, padding_side="left")
     trainer = SamVeteranGRPOTrainer(
-        model=policy, reward_funcs=rewards, args=args, train_dataset=task_dataset(records, family),
+        model=policy, reward_funcs=rewards, args=args,
+        train_dataset=task_dataset(records, family, embeddings, config.tasks),
         processing_class=processor, peft_config=peft_config, sampling=config.sampling,
         callbacks=[MetricsLogCallback(Path(config.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
