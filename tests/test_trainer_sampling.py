@@ -102,3 +102,16 @@ def _clicks(text):
 
     answer = parse_refinement(text)
     return answer.positive, answer.negative
+
+
+def test_advantages_are_scaled_by_the_global_batch_std_not_per_group():
+    import torch
+
+    from sam_veteran.trainer.grpo import normalise_globally
+
+    # two groups of centred rewards: a near-constant group keeps its small advantages small (per-group std would
+    # blow them up to +-1), the varied group keeps its relative size
+    centred = torch.tensor([0.01, -0.01, 0.01, -0.01, 2.0, -2.0, 1.0, -1.0])
+    scaled = normalise_globally(centred)
+    assert torch.allclose(scaled, centred / (centred.std() + 1e-4))
+    assert scaled[:4].abs().max() < 0.01 and scaled[4] > 1.0

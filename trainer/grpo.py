@@ -52,14 +52,8 @@ class SamVeteranGRPOTrainer(GRPOTrainer):
         self._batch_inputs = inputs
         output = super()._generate_and_score_completions(inputs)
         if self.model.training:
-            output["advantages"] = self._normalise_globally(output["advantages"])
+            output["advantages"] = normalise_globally(output["advantages"])
         return output
-
-    def _normalise_globally(self, advantages: torch.Tensor) -> torch.Tensor:
-        """Divide group-centred rewards by their standard deviation over every process's batch."""
-        everything = gather(advantages)
-        std = everything.std() if everything.numel() > 1 else torch.zeros((), device=advantages.device)
-        return advantages / (std + 1e-4)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if not self.dynamic_sampling_active or len(prompt_ids) != len(self._batch_inputs):
@@ -110,6 +104,13 @@ class SamVeteranGRPOTrainer(GRPOTrainer):
         if mode == "train":
             self._metrics[mode]["dynamic_sampling/active"].append(float(self.dynamic_sampling_active))
         return rewards_per_func
+
+
+def normalise_globally(advantages: torch.Tensor) -> torch.Tensor:
+    """Divide this process's group-centred rewards by the standard deviation of all processes' ones."""
+    everything = gather(advantages)
+    std = everything.std() if everything.numel() > 1 else torch.zeros((), device=advantages.device)
+    return advantages / (std + 1e-4)
 
 
 def _is_stop(text: str) -> bool:
