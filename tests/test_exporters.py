@@ -109,6 +109,16 @@ def test_refer_round_trip(source, tmp_path):
     back.delete()
 
 
+def test_chunked_reading_gives_the_same_export(source, tmp_path, monkeypatch):
+    import sam_veteran.plugin.datasets.exporters as exporters
+
+    export_reasonseg(source, tmp_path / "whole")
+    monkeypatch.setattr(exporters, "CHUNK", 2)
+    export_reasonseg(source, tmp_path / "chunked")
+    for path in (tmp_path / "whole").rglob("*.json"):
+        assert path.read_text() == (tmp_path / "chunked" / path.relative_to(tmp_path / "whole")).read_text()
+
+
 def test_refer_keeps_source_ids(source, tmp_path):
     view = source.match(fo.ViewField("query") != "nothing is there")
     export_refer(view, tmp_path / "one", dataset="refcoco")
@@ -160,6 +170,8 @@ def test_bad_samples_are_named_and_nothing_is_written(source, tmp_path):
     assert f"sample {broken.id}" in message and "no ground-truth mask" in message
     assert f"sample {untagged.id}" in message and "no split tag" in message
     assert list(tmp_path.iterdir()) == [tmp_path / "source"]  # no export folder, no staging folder left
+    with pytest.raises(ValueError, match="plain folder name"):
+        export_reasonseg(source.exists("ground_truth"), tmp_path / "out", split="../elsewhere")
     export_reasonseg(source.exists("ground_truth"), tmp_path / "out", split="curated")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST, "curated"]
 

@@ -112,3 +112,13 @@ def test_triage_needs_the_run(dataset):
         triage(dataset, "nope")
     with pytest.raises(ValueError, match="to compare with"):
         triage(dataset, "veteran", compare_field="missing")
+
+
+def test_chunked_reading_keeps_samples_aligned(dataset, monkeypatch):
+    import sam_veteran.plugin.curation.triage as triage_module
+
+    triage(dataset, "veteran", compare_field="other")
+    monkeypatch.setattr(triage_module, "CHUNK", 2)
+    triage(dataset.sort_by("name"), "veteran", compare_field="other", key="small")
+    for name in ("score", "reasons", "disagreement", "step_change"):
+        assert dataset.values(f"small_{name}") == dataset.values(f"veteran_triage_{name}")

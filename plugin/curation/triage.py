@@ -30,6 +30,7 @@ import fiftyone.core.fields as fof
 import numpy as np
 
 DEFAULT_WEIGHTS = {"failure": 2.0, "step_cap": 1.0, "confidence": 1.0, "step_change": 1.0, "disagreement": 1.0}
+CHUNK = 128  # samples whose masks are in memory at once
 REASONS = ("not_run", "parse_failure", "invalid_input", "step_cap", "low_confidence", "large_change", "disagreement")
 
 
@@ -47,7 +48,7 @@ def triage(samples, label_field: str = "veteran", compare_field: str | None = No
     """Write the triage fields of `label_field` on `samples` (any collection) and return a summary.
 
     `compare_field` is a second agent run (its label field, e.g. ``veteran_sam2``) or any `fo.Segmentation` field.
-    Reads and writes in bulk (``values`` / ``set_values``). Returns ``{"key", "count", "scored", "reasons"}``,
+    Reads in chunks of `CHUNK` samples and writes each field with one ``set_values``. Returns ``{"key", "count", "scored", "reasons"}``,
     ``reasons`` counting the samples per reason.
     """
     key = key or f"{label_field}_triage"
@@ -55,23 +56,27 @@ def triage(samples, label_field: str = "veteran", compare_field: str | None = No
     mask_field = f"{label_field}_mask"
     if not samples.has_field(mask_field):
         raise ValueError(f"no field {mask_field!r}: run the agent with label_field={label_field!r} first")
-    masks = samples.values(mask_field)
-    steps = samples.values(f"{label_field}_steps.detections") if samples.has_field(f"{label_field}_steps") \
-        else [None] * len(masks)
-    others = samples.values(_segmentation_field(samples, compare_field)) if compare_field else [None] * len(masks)
+    steps_field = f"{label_field}_steps.detections" if samples.has_field(f"{label_field}_steps") else None
+    other_field = _segmentation_field(samples, compare_field) if compare_field else None
+    ids = samples.values("id")
     rows = []
-    for sample_id, mask, detections, other in zip(samples.values("id"), masks, steps, others):
-        try:
-            rows.append(_triage_one(mask, detections, other, compare_field is not None, weights, thresholds))
-        except ValueError as exc:
-            raise ValueError(f"sample {sample_id}: {exc}") from None
+    for start in range(0, len(ids), CHUNK):
+        chunk = samples.select(ids[start:start + CHUNK], ordered=True)
+        masks = chunk.values(mask_field)
+        steps = chunk.values(steps_field) if steps_field else [None] * len(masks)
+        others = chunk.values(other_field) if other_field else [None] * len(masks)
+        for sample_id, mask, detections, other in zip(ids[start:start + CHUNK], masks, steps, others):
+            try:
+                rows.append(_triage_one(mask, detections, other, other_field is not None, weights, thresholds))
+            except ValueError as exc:
+                raise ValueError(f"sample {sample_id}: {exc}") from None
     names = ["confidence", "step_change"] + (["disagreement"] if compare_field else []) + ["reasons", "score"]
     for name in names:
         field = f"{key}_{name}"
         if name == "reasons":
-            declare_field(samples, field, fof.ListField, subfield=fof.StringField)
+            _declare_field(samples, field, fof.ListField, subfield=fof.StringField)
         else:
-            declare_field(samples, field, fof.FloatField)
+            _declare_field(samples, field, fof.FloatField)
         samples.set_values(field, [row[name] for row in rows])
     counts = {reason: sum(reason in row["reasons"] for row in rows) for reason in REASONS}
     return {"key": key, "count": len(rows), "scored": sum(row["score"] is not None for row in rows),
@@ -108,10 +113,18 @@ def mask_iou(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return np.count_nonzero(a & b) / union if union else 1.0
 
 
-def declare_field(samples, field: str, ftype, **kwargs) -> None:
+def _declare_field(samples, field: str, ftype, **kwargs) -> None:
     """Create `field` on the dataset behind `samples` unless it exists, so all-None values can be written."""
     if not samples.has_field(field):
         samples._dataset.add_sample_field(field, ftype, **kwargs)
+
+
+def _binary(label) -> np.ndarray | None:
+    """A Segmentation label's mask as a boolean image (nonzero = object; any channel for RGB masks), or None."""
+    if label is None or not label.has_mask:
+        return None
+    mask = label.get_mask()
+    return mask.any(axis=2) if mask.ndim == 3 else mask.astype(bool)
 
 
 def _step(detection) -> int:
@@ -130,7 +143,7 @@ def _triage_one(mask_label, detections, other_label, compare: bool, weights: dic
     if mask_label is None:
         return {"confidence": None, "step_change": None, "disagreement": None, "reasons": ["not_run"],
                 "score": None}
-    final = mask_label.get_mask() if mask_label.has_mask else None
+    final = _binary(mask_label)
     end_reason = mask_label["end_reason"] if mask_label.has_field("end_reason") else None
     reasons = [end_reason] if end_reason in ("parse_failure", "invalid_input", "step_cap") else []
     risks = {"failure": float(end_reason in ("parse_failure", "invalid_input")),
@@ -153,7 +166,7 @@ def _triage_one(mask_label, detections, other_label, compare: bool, weights: dic
 
     disagreement = None
     if compare:
-        other = other_label.get_mask() if other_label is not None and other_label.has_mask else None
+        other = _binary(other_label)
         disagreement = 1.0 - mask_iou(final, other)
         risks["disagreement"] = disagreement
         if disagreement > thresholds.disagreement:

@@ -36,30 +36,29 @@ from pycocotools import mask as mask_utils
 from .common import IGNORE, MalformedItem, image_size
 from .polygons import mask_polygons
 from .reasonseg import IMAGE_EXTENSIONS, SPLITS as REASONSEG_SPLITS
-from .refcoco import DATASETS, DEFAULT_IMAGES, DEFAULT_SPLIT_BY
+from .refcoco import DATASETS, DEFAULT_IMAGES, DEFAULT_SPLIT_BY, SPLIT_BYS
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = ".sam_veteran_export"  # marks a folder written here (a dot file: the ReasonSeg reader globs *.json)
 REFER_SPLITS = ("train", "val", "test", "testA", "testB")
 MAX_PROBLEMS_SHOWN = 10
+CHUNK = 128  # samples whose masks are in memory at once
 
 
 @dataclass
 class _Item:
-    """What one sample contributes to an export."""
+    """What one sample contributes to an export; the mask itself is kept only in the export's own encoding."""
 
     sample_id: str
     filepath: str
     query: str
-    mask: np.ndarray
     split: str
     order: int
+    size: tuple[int, int]  # (height, width)
+    mask_key: str  # digest of the 0/1/255 mask: equal masks, equal keys
+    encoded: object  # what `encode` made of the mask, shared by equal masks
     extra: dict = field(default_factory=dict)
-
-    @property
-    def mask_key(self) -> str:
-        return hashlib.sha1(self.mask.tobytes() + str(self.mask.shape).encode()).hexdigest()
 
 
 def export_reasonseg(samples, export_dir: str | Path, gt_field: str = "ground_truth", query_field: str = "query",
@@ -70,7 +69,8 @@ def export_reasonseg(samples, export_dir: str | Path, gt_field: str = "ground_tr
     when present. Images are copied (a format other than JPEG or PNG is written as PNG with its EXIF rotation
     applied, so masks still line up).
     """
-    items = _read_items(samples, gt_field, query_field, split, REASONSEG_SPLITS, ("is_sentence", "text_index"))
+    items = _read_items(samples, gt_field, query_field, split, REASONSEG_SPLITS, ("is_sentence", "text_index"),
+                        encode=_polygons)
     groups: dict[tuple, list[_Item]] = {}
     for item in items:
         key = (item.split, item.filepath, bool(item.extra.get("is_sentence")), item.mask_key)
@@ -85,7 +85,7 @@ def export_reasonseg(samples, export_dir: str | Path, gt_field: str = "ground_tr
             group.sort(key=lambda i: (i.extra.get("text_index") if i.extra.get("text_index") is not None
                                       else i.order, i.order))
             annotation = {"text": [i.query for i in group], "is_sentence": is_sentence,
-                          "shapes": _shapes(group[0].mask, image_name)}
+                          "shapes": _shapes(group[0].encoded, image_name)}
             (root / folder / f"{name}.json").write_text(json.dumps(annotation, indent=1), encoding="utf-8")
     return {"format": "reasonseg", "export_dir": str(export_dir), "items": len(items), "images": len(groups),
             "splits": sorted({i.split for i in items})}
@@ -103,18 +103,49 @@ def export_refer(samples, export_dir: str | Path, dataset: str = "refcocog", spl
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     split_by = split_by or DEFAULT_SPLIT_BY[dataset]
+    if split_by not in SPLIT_BYS:
+        raise ValueError(f"unknown split_by {split_by!r}; expected one of {', '.join(SPLIT_BYS)}")
     extras = ("ref_id", "image_id", "sent_id", "ann_ids", "category_ids")
-    items = _read_items(samples, gt_field, query_field, split, REFER_SPLITS, extras)
+    items = _read_items(samples, gt_field, query_field, split, REFER_SPLITS, extras, encode=_target_rle)
     if dataset != "grefcoco":
-        empty = [i for i in items if not (i.mask == 1).any()]
+        empty = [i for i in items if i.encoded[0] is None]
         if empty:
-            _raise_problems([(i, "empty ground truth: only gRefCOCO has no-target refs (dataset='grefcoco')")
-                             for i in empty])
-    ignore_dropped = sum(bool((i.mask == IGNORE).any()) for i in items)
+            _raise_problems([(i.sample_id, i.filepath, "empty ground truth: only gRefCOCO has no-target refs "
+                                                       "(dataset='grefcoco')") for i in empty])
+    ignore_dropped = sum(i.encoded[1] for i in items)
     if ignore_dropped:
         logger.warning("%d sample(s) have ignore pixels; REFER has no ignore label, they become background",
                        ignore_dropped)
 
+    images, annotations, refs = _refer_records(items, grefs=dataset == "grefcoco")
+    categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in refs})
+    instances = {"info": {"description": f"{dataset} exported by sam-veteran"},
+                 "images": [{k: v for k, v in image.items() if k != "path"} for image in images],
+                 "annotations": annotations,
+                 "categories": [{"id": c, "name": str(c), "supercategory": ""} for c in categories]}
+
+    with _export_folder(export_dir, overwrite, dataset) as root:
+        folder = root / dataset
+        folder.mkdir()
+        (folder / "instances.json").write_text(json.dumps(instances), encoding="utf-8")
+        if dataset == "grefcoco":
+            (folder / f"grefs({split_by}).json").write_text(json.dumps(refs), encoding="utf-8")
+        else:
+            (folder / f"refs({split_by}).p").write_bytes(pickle.dumps(refs, protocol=2))
+        image_folder = root / DEFAULT_IMAGES
+        image_folder.mkdir(parents=True)
+        for image in images:
+            shutil.copyfile(image["path"], image_folder / image["file_name"])
+    return {"format": dataset, "split_by": split_by, "export_dir": str(export_dir), "items": len(items),
+            "refs": len(refs), "images": len(images), "annotations": len(annotations),
+            "splits": sorted({i.split for i in items}), "ignore_dropped": ignore_dropped}
+
+
+def _refer_records(items: list[_Item], grefs: bool) -> tuple[list[dict], list[dict], list[dict]]:
+    """(image records, annotations, refs) of the REFER files; an image record also carries its source ``path``.
+
+    The sentences of one image with the same mask (and ref id, if the samples have one) make one ref; one
+    annotation per distinct mask of an image (and source annotation id)."""
     image_ids = _IdPool(i.extra.get("image_id") for i in items)
     ref_ids = _IdPool(i.extra.get("ref_id") for i in items)
     ann_ids = _IdPool(_single(i.extra.get("ann_ids")) for i in items)
@@ -123,113 +154,118 @@ def export_refer(samples, export_dir: str | Path, dataset: str = "refcocog", spl
     file_names: set[str] = set()
     for item in items:
         if item.filepath not in images:
-            name = _unique_name(Path(item.filepath).stem, lambda n: n + Path(item.filepath).suffix in file_names)
-            file_names.add(name + Path(item.filepath).suffix)
-            height, width = item.mask.shape
+            suffix = Path(item.filepath).suffix
+            name = _unique_name(Path(item.filepath).stem, lambda n: n + suffix in file_names) + suffix
+            file_names.add(name)
+            height, width = item.size
             images[item.filepath] = {"id": image_ids.take(item.extra.get("image_id"), item.filepath),
-                                     "file_name": name + Path(item.filepath).suffix, "width": width,
-                                     "height": height}
+                                     "file_name": name, "width": width, "height": height, "path": item.filepath}
         image = images[item.filepath]
-        target = (item.mask == 1).astype(np.uint8)
+        rle = item.encoded[0]
         category_id = (item.extra.get("category_ids") or [1])[0]
         ann_key = (item.filepath, item.mask_key, _single(item.extra.get("ann_ids")))
-        if target.any() and ann_key not in annotations:
-            annotations[ann_key] = _annotation(ann_ids.take(ann_key[2], ann_key), image["id"], category_id, target)
+        if rle is not None and ann_key not in annotations:
+            annotations[ann_key] = _annotation(ann_ids.take(ann_key[2], ann_key), image["id"], category_id, rle)
         ref_key = (item.split, item.filepath, item.mask_key, item.extra.get("ref_id"))
         if ref_key not in refs:
-            ann_id = annotations[ann_key]["id"] if target.any() else -1
+            ann_id = annotations[ann_key]["id"] if rle is not None else -1
             refs[ref_key] = {"ref_id": ref_ids.take(ref_key[3], ref_key), "image_id": image["id"],
-                             "ann_id": [ann_id] if dataset == "grefcoco" else ann_id, "category_id": category_id,
-                             "split": item.split, "file_name": image["file_name"], "sentences": [],
-                             "sent_ids": []}
-            if dataset == "grefcoco":
+                             "ann_id": [ann_id] if grefs else ann_id, "category_id": category_id,
+                             "split": item.split, "file_name": image["file_name"], "sentences": []}
+            if grefs:
                 refs[ref_key]["no_target"] = ann_id == -1
-        sent_id = sent_ids.take(item.extra.get("sent_id"), item.sample_id)
-        refs[ref_key]["sentences"].append({"sent_id": sent_id, "sent": item.query, "raw": item.query,
+        refs[ref_key]["sentences"].append({"sent_id": sent_ids.take(item.extra.get("sent_id"), item.sample_id),
+                                           "sent": item.query, "raw": item.query,
                                            "tokens": item.query.lower().split()})
     for ref in refs.values():  # kept ids restore the source order; new ones follow the view's
         ref["sentences"].sort(key=lambda s: s["sent_id"])
         ref["sent_ids"] = [s["sent_id"] for s in ref["sentences"]]
-    categories = sorted({a["category_id"] for a in annotations.values()} | {r["category_id"] for r in refs.values()})
-    instances = {"info": {"description": f"{dataset} exported by sam-veteran"}, "images": list(images.values()),
-                 "annotations": list(annotations.values()),
-                 "categories": [{"id": c, "name": str(c), "supercategory": ""} for c in categories]}
-
-    with _export_folder(export_dir, overwrite, dataset) as root:
-        folder = root / dataset
-        folder.mkdir()
-        (folder / "instances.json").write_text(json.dumps(instances), encoding="utf-8")
-        if dataset == "grefcoco":
-            (folder / f"grefs({split_by}).json").write_text(json.dumps(list(refs.values())), encoding="utf-8")
-        else:
-            (folder / f"refs({split_by}).p").write_bytes(pickle.dumps(list(refs.values()), protocol=2))
-        image_folder = root / DEFAULT_IMAGES
-        image_folder.mkdir(parents=True)
-        for filepath, image in images.items():
-            shutil.copyfile(filepath, image_folder / image["file_name"])
-    return {"format": dataset, "split_by": split_by, "export_dir": str(export_dir), "items": len(items),
-            "refs": len(refs), "images": len(images), "annotations": len(annotations),
-            "splits": sorted({i.split for i in items}), "ignore_dropped": ignore_dropped}
+    return list(images.values()), list(annotations.values()), list(refs.values())
 
 
 def _read_items(samples, gt_field: str, query_field: str, split: str | None, known_splits: tuple[str, ...],
-                extras: tuple[str, ...]) -> list[_Item]:
-    """The samples' export data, in bulk; every unusable sample is collected and reported at once."""
+                extras: tuple[str, ...], encode) -> list[_Item]:
+    """The samples' export data, read in chunks (masks are encoded at once, equal masks once); every unusable
+    sample is collected and reported together."""
     for name in (gt_field, query_field):
         if not samples.has_field(name):
             raise ValueError(f"the samples have no field {name!r}")
-    if not len(samples):
+    if split is not None and (not split or Path(split).name != split or split in (".", "..")):
+        raise ValueError(f"split {split!r} must be a plain folder name")
+    ids = samples.values("id")
+    if not ids:
         raise ValueError("nothing to export: the view is empty")
-    columns = {name: samples.values(name) for name in ("id", "filepath", gt_field, query_field, "tags")}
-    extra_columns = {name: samples.values(name) for name in extras if samples.has_field(name)}
-    items, problems = [], []
-    for row in range(len(columns["id"])):
-        sample_id, filepath, label, query, tags = (columns[n][row] for n in ("id", "filepath", gt_field,
-                                                                             query_field, "tags"))
-        item = _Item(sample_id, filepath, "", np.zeros((0, 0), np.uint8), "", row,
-                     {name: values[row] for name, values in extra_columns.items()})
-        splits = [split] if split else [t for t in tags or [] if t in known_splits]
-        if len(splits) != 1:
-            problems.append((item, f"{'no' if not splits else 'more than one'} split tag among "
-                                   f"{', '.join(known_splits)}; pass split= to put every sample in one split"))
-            continue
-        if not isinstance(query, str) or not query.strip():
-            problems.append((item, f"no query in {query_field!r}"))
-            continue
-        mask = label.get_mask() if label is not None and label.has_mask else None
-        if mask is None:
-            problems.append((item, f"no ground-truth mask in {gt_field!r}"))
-            continue
-        try:
-            width, height = image_size(Path(filepath))
-        except MalformedItem as exc:
-            problems.append((item, str(exc)))
-            continue
-        if mask.shape[:2] != (height, width):
-            problems.append((item, f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {width}x{height}"))
-            continue
-        mask = np.where(mask == IGNORE, IGNORE, (mask != 0).astype(np.uint8)).astype(np.uint8)
-        items.append(_Item(sample_id, filepath, query.strip(), mask, splits[0], row, item.extra))
+    extras = tuple(name for name in extras if samples.has_field(name))
+    items, problems, encoded = [], [], {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = samples.select(ids[start:start + CHUNK], ordered=True)
+        columns = chunk.values(["id", "filepath", gt_field, query_field, "tags", *extras])
+        for offset, (sample_id, filepath, label, query, tags, *extra) in enumerate(zip(*columns)):
+            mask = label.get_mask() if label is not None and label.has_mask else None
+            problem = _check(filepath, mask, query, tags, split, known_splits, gt_field, query_field)
+            if problem:
+                problems.append((sample_id, filepath, problem))
+                continue
+            mask = np.where(mask == IGNORE, IGNORE, mask != 0).astype(np.uint8)
+            key = hashlib.sha1(mask.tobytes() + str(mask.shape).encode()).hexdigest()
+            if key not in encoded:
+                encoded[key] = encode(mask)
+            items.append(_Item(sample_id, filepath, query.strip(), split or _split_tag(tags, known_splits)[0],
+                               start + offset, mask.shape, key, encoded[key], dict(zip(extras, extra))))
     if problems:
         _raise_problems(problems)
     return items
 
 
-def _raise_problems(problems: list[tuple[_Item, str]]) -> None:
-    shown = "\n".join(f"  sample {i.sample_id} ({i.filepath}): {why}" for i, why in problems[:MAX_PROBLEMS_SHOWN])
+def _check(filepath: str, mask: np.ndarray | None, query, tags, split: str | None, known_splits: tuple[str, ...],
+           gt_field: str, query_field: str) -> str | None:
+    """Why a sample cannot be exported, or None."""
+    splits = [split] if split else _split_tag(tags, known_splits)
+    if len(splits) != 1:
+        return (f"{'no' if not splits else 'more than one'} split tag among {', '.join(known_splits)}; "
+                "pass split= to put every sample in one split")
+    if not isinstance(query, str) or not query.strip():
+        return f"no query in {query_field!r}"
+    if mask is None:
+        return f"no ground-truth mask in {gt_field!r}"
+    if mask.ndim != 2:
+        return f"{gt_field!r} is not a 2-D label mask (shape {mask.shape})"
+    try:
+        width, height = image_size(Path(filepath))
+    except MalformedItem as exc:
+        return str(exc)
+    if mask.shape != (height, width):
+        return f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {width}x{height}"
+    return None
+
+
+def _split_tag(tags, known_splits) -> list[str]:
+    return [t for t in tags or [] if t in known_splits]
+
+
+def _raise_problems(problems: list[tuple[str, str, str]]) -> None:
+    """One error naming every (sample id, file, reason), the first `MAX_PROBLEMS_SHOWN` in full."""
+    shown = "\n".join(f"  sample {i} ({path}): {why}" for i, path, why in problems[:MAX_PROBLEMS_SHOWN])
     more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
     raise ValueError(f"{len(problems)} sample(s) cannot be exported, nothing was written:\n{shown}{more}")
 
 
-def _shapes(mask: np.ndarray, image_name: str) -> list[dict]:
-    """LabelMe polygon shapes, ``target`` then ``ignore``, that LISA's filling turns back into `mask`."""
-    shapes = []
-    for label, value in (("target", 1), ("ignore", IGNORE)):
-        for points in mask_polygons(mask == value):
-            shapes.append({"label": label, "labels": [label], "shape_type": "polygon", "image_name": image_name,
-                           "points": points.astype(float).tolist(), "group_id": None, "group_ids": [None],
-                           "flags": {}})
-    return shapes
+def _polygons(mask: np.ndarray) -> list[tuple[str, list]]:
+    """(label, points) pairs, ``target`` then ``ignore``, that LISA's filling turns back into `mask`."""
+    return [(label, points.astype(float).tolist()) for label, value in (("target", 1), ("ignore", IGNORE))
+            for points in mask_polygons(mask == value)]
+
+
+def _shapes(polygons: list[tuple[str, list]], image_name: str) -> list[dict]:
+    """LabelMe shapes with the keys LISA's files carry."""
+    return [{"label": label, "labels": [label], "shape_type": "polygon", "image_name": image_name, "points": points,
+             "group_id": None, "group_ids": [None], "flags": {}} for label, points in polygons]
+
+
+def _target_rle(mask: np.ndarray) -> tuple[dict | None, bool]:
+    """(compressed RLE of the target or None when empty, whether the mask had ignore pixels)."""
+    target = (mask == 1).astype(np.uint8)
+    return (mask_utils.encode(np.asfortranarray(target)) if target.any() else None), bool((mask == IGNORE).any())
 
 
 def _write_image(source: Path, folder: Path, name: str) -> str:
@@ -243,8 +279,7 @@ def _write_image(source: Path, folder: Path, name: str) -> str:
     return f"{name}.png"
 
 
-def _annotation(ann_id: int, image_id: int, category_id: int, target: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(target))
+def _annotation(ann_id: int, image_id: int, category_id: int, rle: dict) -> dict:
     return {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0,
             "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
             "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]}
