@@ -159,7 +159,11 @@ def run_mode(mode: str, args, device, dtype) -> dict:
     sync(device)
     t1 = time.perf_counter()
     sequences = sequences[:, : prompt_length + args.completion_tokens]
-    sequences[:, prompt_length:] %= vocab_text  # keep completions inside the tokenizer's vocabulary
+    # Keep completions inside the tokenizer's vocabulary and off the vision placeholders: a random model's
+    # samples can be any of the 152k ids, and an image token in a completion breaks the image/feature count.
+    vision = {config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id}
+    allowed = torch.tensor([i for i in range(vocab_text) if i not in vision], device=sequences.device)
+    sequences[:, prompt_length:] = allowed[sequences[:, prompt_length:] % len(allowed)]
 
     # 2. old and reference log-probs
     with torch.no_grad():
