@@ -48,8 +48,8 @@ def triage(samples, label_field: str = "veteran", compare_field: str | None = No
     """Write the triage fields of `label_field` on `samples` (any collection) and return a summary.
 
     `compare_field` is a second agent run (its label field, e.g. ``veteran_sam2``) or any `fo.Segmentation` field.
-    Reads in chunks of `CHUNK` samples and writes each field with one ``set_values``. Returns ``{"key", "count", "scored", "reasons"}``,
-    ``reasons`` counting the samples per reason.
+    Reads in chunks of `CHUNK` samples and writes each field with one ``set_values``. Returns ``{"key", "count",
+    "scored", "reasons"}``, ``reasons`` counting the samples per reason.
     """
     key = key or f"{label_field}_triage"
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
