@@ -124,3 +124,11 @@ def test_retagging_follows_the_latest_evaluation(evaluated):
 def test_tagging_needs_the_evaluation(evaluated):
     with pytest.raises(ValueError, match="no evaluation 'other'"):
         tag_from_evaluation(evaluated, "other")
+
+
+def test_a_plain_mask_evaluation_gets_bands_and_query_types_only(evaluated):
+    evaluated.clone_sample_field("veteran_mask", "final")  # the final masks as a plain Segmentation field
+    evaluate(evaluated, "final", eval_key="plain")
+    counts = tag_from_evaluation(evaluated, "plain")
+    assert not any("stopped" in tag for tag in counts)
+    assert sum(n for tag, n in counts.items() if tag.startswith("plain:iou")) == len(evaluated)

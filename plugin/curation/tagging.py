@@ -54,10 +54,9 @@ def tag_from_evaluation(samples, eval_key: str = "eval", margin: float = 0.05, g
     config = dataset.get_evaluation_info(eval_key).config
     ious = samples.values(f"{eval_key}_iou")
     n = len(ious)
-    has_steps = samples.has_field(f"{eval_key}_step_ious")
+    has_steps = getattr(config, "steps_field", None) is not None  # an agent result: per-step IoUs exist
     step_ious = samples.values(f"{eval_key}_step_ious") if has_steps else [None] * n
-    mask_field = getattr(config, "mask_field", config.pred_field)
-    stopped = samples.values(f"{mask_field}.stopped_by_agent") if has_steps else [False] * n
+    stopped = samples.values(f"{config.mask_field}.stopped_by_agent") if has_steps else [False] * n
     is_sentence = samples.values("is_sentence") if samples.has_field("is_sentence") else [None] * n
 
     ours = set(evaluation_tags(eval_key))
