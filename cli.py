@@ -105,7 +105,6 @@ def demo(args) -> int:
                     and input("Open the FiftyOne App on the results? [y/N] ").strip().lower() == "y"):
         import fiftyone as fo
 
-        dataset.persistent = True
         fo.launch_app(dataset).wait()
     return 0
 

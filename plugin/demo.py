@@ -57,7 +57,10 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
 
 
 def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str = "sam-veteran-demo", seed: int = 0):
-    """Write the scenes as PNG files under `directory` and load them into a FiftyOne dataset (replacing `name`)."""
+    """Write the scenes as PNG files under `directory` and load them into a FiftyOne dataset (replacing `name`).
+
+    The dataset is persistent, so it is still there to open in the App (`fo.load_dataset(name)`) after the demo.
+    """
     import fiftyone as fo
 
     directory = Path(directory)
@@ -65,7 +68,7 @@ def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str = 
     rng = np.random.default_rng(seed)
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
-    dataset = fo.Dataset(name)
+    dataset = fo.Dataset(name, persistent=True)
     samples = []
     for i in range(num_samples):
         scene = make_scene(rng, SIZES[i % len(SIZES)])
