@@ -122,3 +122,44 @@ def test_chunked_reading_keeps_samples_aligned(dataset, monkeypatch):
     triage(dataset.sort_by("name"), "veteran", compare_field="other", key="small")
     for name in ("score", "reasons", "disagreement", "step_change"):
         assert dataset.values(f"small_{name}") == dataset.values(f"veteran_triage_{name}")
+
+
+def test_triage_of_a_real_agent_run(tmp_path, tiny_segmenter):
+    """The agent (scripted answers, the real tiny SAM) run through apply_model, then triaged: the fields match
+    the traces the agent produced."""
+    from PIL import Image
+
+    from sam_veteran.plugin.agent import Agent, AgentConfig
+    from sam_veteran.plugin.model import SamVeteranModel
+    from scripted import ScriptedPolicy, box_answer, click_answer
+
+    def answers(query, step, sampled):
+        if step == 0:
+            return box_answer([84, 84, 600, 500])
+        return {"stops": click_answer(), "clicks on": click_answer(positive=[300, 300]),
+                "babbles": "<answer>{oops"}[query]
+
+    rng = np.random.default_rng(1)
+    samples = []
+    for query in ("stops", "clicks on", "babbles"):
+        path = tmp_path / f"{query}.png"
+        Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(path)
+        samples.append(fo.Sample(filepath=str(path), query=query))
+    ds = fo.Dataset()
+    ds.add_samples(samples)
+    agent = Agent(ScriptedPolicy(answers), tiny_segmenter, AgentConfig(max_steps=2))
+    ds.apply_model(SamVeteranModel(agent=agent), label_field="veteran", prompt_field="query")
+    triage(ds, "veteran")
+    rows = {s.query: s for s in ds}
+    assert rows["stops"].veteran_triage_step_change == 0.0
+    assert "step_cap" in rows["clicks on"].veteran_triage_reasons
+    assert "parse_failure" in rows["babbles"].veteran_triage_reasons
+    for sample in rows.values():
+        steps = sorted(sample.veteran_steps.detections, key=lambda d: d.step)
+        assert sample.veteran_triage_confidence == pytest.approx(steps[-1].confidence)
+        masks = step_masks(steps, 120, 90)
+        assert np.array_equal(masks[-1], sample.veteran_mask.mask.astype(bool))
+    cap = step_masks(rows["clicks on"].veteran_steps.detections, 120, 90)
+    assert rows["clicks on"].veteran_triage_step_change == pytest.approx(
+        max(1 - mask_iou(a, b) for a, b in zip(cap, cap[1:])))
+    ds.delete()
