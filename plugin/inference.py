@@ -3,8 +3,12 @@
     summary = sam_veteran.run_agent(dataset, policy="Qwen/Qwen2.5-VL-7B-Instruct", segmenter="vit_h")
 
 Each batch's labels are written (one bulk `set_values` per field) as soon as the batch finishes, so an
-interrupted run keeps every finished batch. A re-run skips samples that already have results (`has_results`)
-unless `overwrite=True`, and retries those recorded as failures. A sample whose image cannot be read, whose query
+interrupted run keeps every finished batch. The mask field is written last: `has_results` looks at it, so a run
+killed between two writes leaves samples that a re-run redoes, never a mask without its steps and clicks. Two
+runs writing different label fields of one dataset at once both keep their fields: FiftyOne saves the dataset's
+whole field list when a field is added, so each run re-declares its own fields on a reloaded schema.
+A re-run skips samples that already have results (`has_results`) unless `overwrite=True`, and retries those
+recorded as failures. A sample whose image cannot be read, whose query
 is missing, or on which the agent raises gets `failure_labels` with the reason; the run goes on.
 `iter_run_agent` is the same run as a generator of `RunProgress`, for progress bars and operators.
 """
@@ -15,9 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
+import fiftyone as fo
+
 from .agent import DEFAULT_POLICY, EndReason
 from .agent.segmenter import DEFAULT_SEGMENTER
-from .labels import LABEL_KEYS, has_results, label_fields
+from .labels import LABEL_TYPES, has_results, label_fields
 from .model import SamVeteranModel, prepare_input, run_inputs
 
 
@@ -63,13 +69,16 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
                                 **policy_kwargs)
     dataset = samples._dataset
     fields = label_fields(label_field)
+    if ids:
+        _declare_fields(dataset, fields)
     for start in range(0, len(ids), batch_size):
         batch = slice(start, start + batch_size)
         inputs = [prepare_input(path, query, prompt_field) for path, query in zip(filepaths[batch], queries[batch])]
         labels = run_inputs(model.agent, inputs)
-        for key in LABEL_KEYS:
+        for key in ("steps", "clicks", "mask"):  # the mask, which marks a sample done, last
             dataset.set_values(fields[key], dict(zip(ids[batch], (label[key] for label in labels))),
                                key_field="id")
+        _declare_fields(dataset, fields)
         progress.done += len(inputs)
         progress.failed += sum(label["mask"].end_reason == EndReason.INVALID_INPUT.value for label in labels)
         progress.seconds = round(time.perf_counter() - started, 3)
@@ -77,6 +86,15 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
     if not ids:
         progress.seconds = round(time.perf_counter() - started, 3)
         yield progress
+
+
+def _declare_fields(dataset, fields: dict[str, str]) -> None:
+    """Declare the label fields that the schema lacks, after reloading it: another process adding its own fields
+    saves its copy of the field list over ours, which drops fields we added after it loaded the dataset."""
+    dataset.reload()
+    for key, field in fields.items():
+        if not dataset.has_sample_field(field):
+            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=LABEL_TYPES[key])
 
 
 def run_agent(samples, model: SamVeteranModel | None = None, *, progress: Callable[[RunProgress], None] | None = None,

@@ -23,6 +23,7 @@ from fiftyone import ViewField as F
 from .agent.trace import EndReason, Trace
 
 LABEL_KEYS = ("mask", "steps", "clicks")
+LABEL_TYPES = {"mask": fo.Segmentation, "steps": fo.Detections, "clicks": fo.Keypoints}
 
 
 def label_fields(label_field: str) -> dict[str, str]:
