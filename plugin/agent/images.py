@@ -60,7 +60,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
         array = np.round(array / 257.0)
     elif array.dtype.kind == "f":
         array = np.nan_to_num(array) * (255.0 if array.max(initial=0) <= 1.0 else 1.0)
-    array = np.clip(array, 0, 255).astype(np.uint8)
+    if array.dtype != np.uint8:  # uint8 passes as is: clipping a copy costs seconds on a 64-megapixel image
+        array = np.clip(array, 0, 255).astype(np.uint8)
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[..., :3])

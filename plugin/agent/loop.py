@@ -189,7 +189,7 @@ class Agent:
                    min(max(x2, 0.0), width), min(max(y2, 0.0), height))
         if clamped != (x1, y1, x2, y2):
             step.notes.append("box clamped into the image")
-        if clamped[2] - clamped[0] < 1 or clamped[3] - clamped[1] < 1:
+        if clamped[2] <= clamped[0] or clamped[3] <= clamped[1]:  # any area counts: a 1x1 image's boxes are sub-pixel
             return f"box {list(answer.box)} has no area inside the image"
         state.box = step.box = clamped
         return None

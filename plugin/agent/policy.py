@@ -43,6 +43,10 @@ def messages(request: PolicyRequest, family: ModelFamily) -> list[dict]:
     ]
 
 
+class PromptTooLongError(ValueError):
+    """A request (query, prompt and image tokens) plus the answer does not fit the policy's context window."""
+
+
 class TransformersPolicy:
     """A Qwen2-VL / Qwen2.5-VL / Qwen3-VL model through `transformers`, generating in batches."""
 
@@ -84,12 +88,27 @@ class TransformersPolicy:
         inputs = self.processor(text=texts, images=[r.image for r in requests], return_tensors="pt", padding=True)
         return inputs.to(self.device)
 
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and answer) the model's position embeddings cover, when its config says."""
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    def check_length(self, inputs) -> None:
+        """Refuse a batch that cannot fit: past its context a model still answers, but from garbled positions."""
+        longest = int(inputs["attention_mask"].sum(dim=1).max())
+        limit = self.context_length
+        if limit is not None and longest + self.max_new_tokens > limit:
+            raise PromptTooLongError(f"the prompt is {longest} tokens (query, instructions and image); with up to "
+                                     f"{self.max_new_tokens} answer tokens that exceeds the policy's context of "
+                                     f"{limit} tokens: shorten the query")
+
     @torch.no_grad()
     def generate(self, requests: Sequence[PolicyRequest], sample: bool = False) -> list[str]:
         """Answer every request; greedy unless `sample` (used to retry an unreadable answer)."""
         answers: list[str] = []
         for start in range(0, len(requests), self.batch_size):
             inputs = self.encode(requests[start : start + self.batch_size])
+            self.check_length(inputs)
             options = dict(do_sample=True, temperature=self.temperature) if sample else dict(do_sample=False)
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **options)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
