@@ -66,6 +66,7 @@ def _samples(root: Path, folders: list[tuple[Path, str]], first_text_only: bool,
             except MalformedItem as exc:
                 skipped.append(Skipped(source, str(exc)))
                 continue
+            safe_join(folder, image_path.name, source)  # an image linked in from outside stops the import
             segmentation = fo.Segmentation(mask=mask)
             for index, text in enumerate(texts[:1] if first_text_only else texts):
                 yield fo.Sample(filepath=str(image_path.resolve()), query=text, ground_truth=segmentation,
