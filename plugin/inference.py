@@ -6,7 +6,9 @@ Each batch's labels are written (one bulk `set_values` per field) as soon as the
 interrupted run keeps every finished batch. The mask field is written last: `has_results` looks at it, so a run
 killed between two writes leaves samples that a re-run redoes, never a mask without its steps and clicks. Two
 runs writing different label fields of one dataset at once both keep their fields: FiftyOne saves the dataset's
-whole field list when a field is added, so each run re-declares its own fields on a reloaded schema.
+whole field list when a field is added, so each run re-declares its own fields on a reloaded schema, before its
+first batch, after its last one and at most every `REDECLARE_SECONDS` between (a reload costs tens of
+milliseconds: after every batch of 8 it cost as much as writing the labels, `bench/write_path.py`).
 A re-run skips samples that already have results (`has_results`) unless `overwrite=True`, and retries those
 recorded as failures. A sample whose image cannot be read, whose query
 is missing, or on which the agent raises gets `failure_labels` with the reason; the run goes on.
@@ -25,6 +27,8 @@ from .agent import DEFAULT_POLICY, EndReason
 from .agent.segmenter import DEFAULT_SEGMENTER
 from .labels import LABEL_TYPES, has_results, label_fields
 from .model import SamVeteranModel, prepare_input, run_inputs
+
+REDECLARE_SECONDS = 5.0
 
 
 @dataclass
@@ -71,6 +75,7 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
     fields = label_fields(label_field)
     if ids:
         _declare_fields(dataset, fields)
+    declared = time.perf_counter()
     for start in range(0, len(ids), batch_size):
         batch = slice(start, start + batch_size)
         inputs = [prepare_input(path, query, prompt_field) for path, query in zip(filepaths[batch], queries[batch])]
@@ -78,7 +83,9 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
         for key in ("steps", "clicks", "mask"):  # the mask, which marks a sample done, last
             dataset.set_values(fields[key], dict(zip(ids[batch], (label[key] for label in labels))),
                                key_field="id")
-        _declare_fields(dataset, fields)
+        if start + batch_size >= len(ids) or time.perf_counter() - declared >= REDECLARE_SECONDS:
+            _declare_fields(dataset, fields)
+            declared = time.perf_counter()
         progress.done += len(inputs)
         progress.failed += sum(label["mask"].end_reason == EndReason.INVALID_INPUT.value for label in labels)
         progress.seconds = round(time.perf_counter() - started, 3)

@@ -138,3 +138,18 @@ def test_run_command_runs_on_a_view_and_resumes(tmp_path, capsys):
         assert "2 samples run (0 failed" in capsys.readouterr().out and dataset.exists("veteran_mask").count() == 5
     finally:
         dataset.delete()
+
+
+@pytest.mark.parametrize("every, declarations", [(1e9, 2), (0.0, 1 + 6)])
+def test_fields_are_redeclared_after_the_last_batch_and_at_most_every_few_seconds(dataset, tiny_segmenter,
+                                                                                  monkeypatch, every, declarations):
+    import sam_veteran.plugin.inference as inference
+
+    calls = []
+    declare = inference._declare_fields  # reloads the dataset: tens of milliseconds each
+    monkeypatch.setattr(inference, "_declare_fields", lambda *args: calls.append(1) or declare(*args))
+    monkeypatch.setattr(inference, "REDECLARE_SECONDS", every)
+    run_agent(dataset, scripted_model(tiny_segmenter)[1], batch_size=2)
+    assert len(calls) == declarations  # before the first batch, then after the last (or after each)
+    assert dataset.exists("veteran_mask").count() == 12
+    assert {"veteran_mask", "veteran_steps", "veteran_clicks"} <= set(dataset.get_field_schema())
