@@ -2,6 +2,7 @@
 resuming keeps the step count and the optimiser state."""
 
 import json
+import uuid
 
 import fiftyone as fo
 import numpy as np
@@ -12,14 +13,16 @@ from safetensors.torch import load_file
 from sam_veteran.plugin.agent import TransformersPolicy
 from sam_veteran.plugin.demo import build_demo_dataset
 from sam_veteran.trainer.config import load_config
-from sam_veteran.trainer.train import TINY_DATASET, train
+from sam_veteran.trainer.train import tiny_dataset_name, train
 
 TINY_YAML = "trainer/configs/tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    return build_demo_dataset(tmp_path_factory.mktemp("scenes"), num_samples=4, name="trainer-scenes", seed=0)
+    # a unique name: concurrent test sessions on one machine share FiftyOne's database service
+    return build_demo_dataset(tmp_path_factory.mktemp("scenes"), num_samples=4, name=f"trainer-{uuid.uuid4().hex}",
+                              seed=0)
 
 
 def low_tokens(prompts, completions, completion_ids, **_):
@@ -133,4 +136,4 @@ def test_cli_tiny_run(tmp_path):
     assert main(["train", "--tiny", "--max-steps", "1", "--output-dir", str(tmp_path / "cli"), "--json"]) == 0
     assert (tmp_path / "cli" / "final" / "config.json").exists()
     assert (tmp_path / "cli" / "metrics.jsonl").exists()
-    assert fo.dataset_exists(TINY_DATASET)  # the generated scenes it trained on
+    assert fo.dataset_exists(tiny_dataset_name(tmp_path / "cli"))  # the generated scenes it trained on

@@ -1,6 +1,7 @@
 """The Train operator: registered in the plugin, delegated only, queues a run on the view that a worker executes."""
 
 import os
+import uuid
 from pathlib import Path
 
 import fiftyone.operators as foo
@@ -29,7 +30,8 @@ def installed_plugin():
 
 @pytest.fixture
 def scenes(tmp_path):
-    dataset = build_demo_dataset(tmp_path / "scenes", num_samples=4, name="train-operator-scenes")
+    # a unique name: concurrent test sessions on one machine share FiftyOne's database service
+    dataset = build_demo_dataset(tmp_path / "scenes", num_samples=4, name=f"train-operator-{uuid.uuid4().hex}")
     yield dataset
     dataset.delete()
 

@@ -13,6 +13,7 @@ Train operator all call it). It writes into `output_dir`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,13 @@ from .tasks import build_tasks, read_view, task_dataset
 logger = logging.getLogger(__name__)
 
 TINY_DATASET = "sam-veteran-train-tiny"
+
+
+def tiny_dataset_name(output_dir: str | Path) -> str:
+    """The generated dataset of a tiny run: one per output folder, so concurrent runs (which share FiftyOne's
+    database on one machine) never replace each other's, while the processes of one run agree on it."""
+    digest = hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{TINY_DATASET}-{digest}"
 
 
 @dataclass
@@ -71,15 +79,14 @@ def load_view(config: TrainConfig):
     if config.tiny and data.dataset is None:
         from accelerate import PartialState
 
-        from ..cli import cache_dir
         from ..plugin.demo import build_demo_dataset
 
         state = PartialState()
         with state.main_process_first():  # built once, by the main process; the others load it
             if state.is_main_process:
-                return build_demo_dataset(cache_dir() / "train-tiny", num_samples=config.tiny_samples,
-                                          name=TINY_DATASET, seed=config.seed)
-            return fo.load_dataset(TINY_DATASET)
+                return build_demo_dataset(Path(config.output_dir) / "tiny-scenes", num_samples=config.tiny_samples,
+                                          name=tiny_dataset_name(config.output_dir), seed=config.seed)
+            return fo.load_dataset(tiny_dataset_name(config.output_dir))
     if not data.dataset:
         raise ValueError("no training data: set data.dataset to a FiftyOne dataset name (or use --tiny)")
     if not fo.dataset_exists(data.dataset):
