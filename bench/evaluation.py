@@ -1,6 +1,6 @@
 """gIoU / cIoU over 10,000 items of 512x512 masks: the project's metric and FiftyOne evaluation versus plain loops.
 
-    .venv/bin/python bench/evaluation.py                 # about 2-3 minutes here
+    .venv/bin/python bench/evaluation.py                 # about 2 minutes here
     .venv/bin/python bench/evaluation.py --quick         # 1,000 items, 200 through FiftyOne
 
 Items: a ground truth of 0 / 1 / 255 (a third of them with a band of ignored pixels), a prediction overlapping
