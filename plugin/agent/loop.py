@@ -47,6 +47,7 @@ class _State:
     trace: Trace
     image: np.ndarray
     embedding: Any = None  # the segmenter's own embedding of the image
+    view: Any = None  # the image resized for the policy, reused by every step (PIL image)
     box: tuple[float, float, float, float] | None = None
     points: list[tuple[float, float]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
@@ -109,8 +110,9 @@ class Agent:
 
     def _ground(self, states: list[_State]) -> None:
         """Step 0: a box from the query, then the segmenter's mask for it."""
-        requests = [PolicyRequest(policy_view(s.image, self.family.input_size), self.family.grounding_prompt(s.trace.query))
-                    for s in states]
+        for state in states:
+            state.view = policy_view(state.image, self.family.input_size)
+        requests = [PolicyRequest(s.view, self.family.grounding_prompt(s.trace.query)) for s in states]
         for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse_grounding)):
             step = Step(index=0, text=text, notes=notes)
             state.trace.steps.append(step)
@@ -126,8 +128,9 @@ class Agent:
 
     def _refine(self, states: list[_State], index: int) -> None:
         """Step k: clicks (or stop) from the image with the current mask drawn over it."""
-        requests = [PolicyRequest(policy_view(s.image, self.family.input_size, s.trace.mask, self.config.overlay),
-                                  self.family.refine_prompt(s.trace.query)) for s in states]
+        requests = [PolicyRequest(policy_view(s.image, self.family.input_size, s.trace.mask, self.config.overlay,
+                                              resized=s.view), self.family.refine_prompt(s.trace.query))
+                    for s in states]
         for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse_refinement)):
             step = Step(index=index, text=text, notes=notes)
             state.trace.steps.append(step)
