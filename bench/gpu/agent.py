@@ -14,7 +14,7 @@ the processor (chat template, image patches), SAM encode, SAM decode and everyth
 parsing, bookkeeping). Peak GPU memory is measured per batch size. The GRPO training step is measured by
 `train_step.py` beside this script.
 
-    python bench/gpu/agent.py --out bench/results/agent_h200.json   # H200: about 4 minutes
+    python bench/gpu/agent.py --out bench/results/agent_h200.json   # H200: about 5 minutes
     python bench/gpu/agent.py --dry-run                             # CPU, tiny models, seconds
 
 On a machine without this package installed: ``ln -s $PWD /tmp/pkg/sam_veteran`` and ``PYTHONPATH=/tmp/pkg``
