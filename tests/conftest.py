@@ -1,10 +1,49 @@
-"""Shared fixtures. FiftyOne is isolated per test session before anything imports it."""
+"""Shared fixtures. FiftyOne is isolated per test session before anything imports it.
 
+The session gets a mongod of its own through `FIFTYONE_DATABASE_URI`: FiftyOne's database service otherwise attaches
+to any service already running on the machine, whatever `FIFTYONE_DATABASE_DIR` says, and concurrent sessions would
+share (and clean up) each other's datasets. Subprocesses started by tests inherit the URI, so they share this one.
+"""
+
+import atexit
+import importlib.util
 import os
+import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="sam-veteran-tests-"))
+
+
+def _start_private_mongod(directory: Path) -> str:
+    """Start FiftyOne's bundled mongod on a free local port; it is stopped when the test session exits."""
+    fiftyone_dir = Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    directory.mkdir(parents=True)
+    process = subprocess.Popen(
+        [str(fiftyone_dir / "db" / "bin" / "mongod"), "--dbpath", str(directory), "--port", str(port),
+         "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", str(directory / "mongod.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(lambda: (process.terminate(), process.wait(timeout=30)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"mongodb://127.0.0.1:{port}"
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"the test mongod exited with code {process.returncode}; see {directory}")
+            time.sleep(0.2)
+    raise RuntimeError(f"the test mongod did not listen on port {port} within 60 s")
+
+
+if "FIFTYONE_DATABASE_URI" not in os.environ:
+    os.environ["FIFTYONE_DATABASE_URI"] = _start_private_mongod(_SESSION_DIR / "db")
+    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_SESSION_DIR / "db"))
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(_SESSION_DIR / "plugins"))
