@@ -9,7 +9,8 @@ it, some empty-vs-empty items, some empty or missing predictions. Under LISA's p
    loop (logical and / or, sums), and a stacked variant (a chunk of items at once, counts along the item axis).
 2. Through FiftyOne, `--fiftyone-items` samples with both masks stored in a real database (a temporary
    FIFTYONE_DATABASE_DIR): `sam_veteran.evaluate` (the evaluation run, reading raw mask values per chunk) versus a
-   loop over ``iter_samples()`` scoring each sample with the per-item loop.
+   loop over ``iter_samples()`` scoring each sample with the per-item loop. (With another FiftyOne process
+   running, FiftyOne attaches to its database service instead: it shares one between processes.)
 Every implementation must produce the same per-item intersections and unions and the same gIoU and cIoU (the
 script fails otherwise). The JSON summary is the last line printed.
 """
@@ -154,8 +155,9 @@ def main() -> None:
     parser.add_argument("--fiftyone-items", type=int, default=2000)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    database = tempfile.TemporaryDirectory(prefix="sam-veteran-bench-")
-    os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(database.name, "db")  # before FiftyOne is imported
+    # Set before FiftyOne is imported; left in place afterwards: FiftyOne attaches every process on the machine
+    # to one running database service, so other processes may be using a mongod started here, on this folder.
+    os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix="sam-veteran-bench-db-")
     os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
     if args.quick:
         args.items, args.fiftyone_items = 1000, 250
@@ -176,7 +178,6 @@ def main() -> None:
           f"{f['ms_per_item']['iter_samples_loop']} | 1 |")
     print(f"identical: per-item counts and gIoU {m['metrics']['gIoU']:.6f} / cIoU {m['metrics']['cIoU']:.6f}")
     print(json.dumps(summary))
-    database.cleanup()
 
 
 if __name__ == "__main__":

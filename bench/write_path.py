@@ -17,8 +17,9 @@
    the agent directly on the same images already in memory, with the tiny SAM and a free scripted policy
    (`agent_throughput.ReplayPolicy`), so the overhead is not hidden behind model time.
 
-A real FiftyOne database in a temporary folder (FIFTYONE_DATABASE_DIR); every comparison runs side by side in this
-one process. The JSON summary is the last line printed.
+A real FiftyOne database in a temporary folder (FIFTYONE_DATABASE_DIR, used when no other FiftyOne process is
+running: FiftyOne shares one database service between processes); every comparison runs side by side in this one
+process. The JSON summary is the last line printed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import os
 import tempfile
 
 _TMP = tempfile.TemporaryDirectory(prefix="sam-veteran-bench-")
-os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_TMP.name, "db")
+# Left in place afterwards: FiftyOne attaches every process on the machine to one running database service, so
+# other processes may be using a mongod started here, on this folder.
+os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix="sam-veteran-bench-db-")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 
 import argparse  # noqa: E402
