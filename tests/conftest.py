@@ -54,7 +54,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +64,17 @@ def tiny_models() -> dict[str, Path]:
     from sam_veteran.plugin.agent.tiny import write_tiny_models
 
     return write_tiny_models(_SESSION_DIR / "tiny", families=("qwen2_5_vl", "qwen3_vl", "qwen2_vl"))
+
+
+@pytest.fixture(scope="session")
+def installed_plugin() -> Path:
+    """The repository linked into FIFTYONE_PLUGINS_DIR, as a user installs it (an App server inherits it)."""
+    plugins = Path(os.environ["FIFTYONE_PLUGINS_DIR"])
+    plugins.mkdir(parents=True, exist_ok=True)
+    link = plugins / "sam-veteran"
+    if not link.exists():
+        link.symlink_to(REPO, target_is_directory=True)
+    return link
 
 
 @pytest.fixture(scope="session")

@@ -43,17 +43,6 @@ def chromium() -> Path:
     pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (Debian's build; never `playwright install`)")
 
 
-@pytest.fixture(scope="module")
-def installed_plugin():
-    """The repository linked into FIFTYONE_PLUGINS_DIR, as a user installs it (the App server inherits it)."""
-    plugins = Path(os.environ["FIFTYONE_PLUGINS_DIR"])
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "sam-veteran"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
-    return link
-
-
 def ground_truth_answers(dataset):
     """Scripted answers from each scene's ground truth: its box, then a click at its centre, then stop."""
     answers = {}

@@ -1,8 +1,6 @@
 """The curation operators registered in the plugin and run as the App runs them: triage, tag, export."""
 
-import os
 import pickle
-from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -19,19 +17,7 @@ from sam_veteran.plugin.operators.curation import Triage
 from sam_veteran.plugin.operators.export import ExportRefer
 
 PLUGIN = "@sam-veteran/fiftyone"
-REPO = Path(__file__).resolve().parents[1]
 W, H = 32, 24
-
-
-@pytest.fixture(scope="module")
-def installed_plugin():
-    """The repository linked into FIFTYONE_PLUGINS_DIR, as a user installs it."""
-    plugins = Path(os.environ["FIFTYONE_PLUGINS_DIR"])
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "sam-veteran"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
-    return link
 
 
 def box(x1, y1, x2, y2):

@@ -54,7 +54,7 @@ def test_conventions_change_empty_items(agent_dataset, protocol, giou, count, la
 
 
 def test_ignore_as_background_counts_ignore_pixels(agent_dataset):
-    results = evaluate(agent_dataset, "veteran", eval_key="bg", protocol="ignore_as_background")
+    evaluate(agent_dataset, "veteran", eval_key="bg", protocol="ignore_as_background")
     assert agent_dataset.values("bg_step_ious")[0] == pytest.approx([0.6, 20 / 24])
 
 

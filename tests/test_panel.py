@@ -1,8 +1,6 @@
 """The evaluation panel driven through real execution contexts, and the operators registered and run."""
 
 import json
-import os
-from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -16,7 +14,6 @@ from sam_veteran.plugin.evaluation import evaluate
 from sam_veteran.plugin.panels.evaluation import EvaluationPanel
 
 PLUGIN = "@sam-veteran/fiftyone"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -90,17 +87,6 @@ def test_panel_without_evaluations_says_how_to_make_one(tmp_path):
     state, requests = _call(dataset, "on_load", {})
     assert state["keys"] == [] and "SAM-Veteran: Evaluate" in json.dumps(requests["show_panel_output"][-1])
     dataset.delete()
-
-
-@pytest.fixture(scope="module")
-def installed_plugin():
-    """The repository linked into FIFTYONE_PLUGINS_DIR, as a user installs it."""
-    plugins = Path(os.environ["FIFTYONE_PLUGINS_DIR"])
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "sam-veteran"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
-    return link
 
 
 def test_operators_and_panel_are_registered(installed_plugin):

@@ -1,8 +1,6 @@
 """Run SAM-Veteran as the App runs it: registered through FiftyOne's plugin machinery, immediate and delegated."""
 
-import os
 import uuid
-from pathlib import Path
 
 import fiftyone.operators as foo
 import pytest
@@ -13,18 +11,6 @@ from agent_data import make_dataset
 from sam_veteran.plugin.operators.run_agent import RunSamVeteran
 
 URI = "@sam-veteran/fiftyone/run_sam_veteran"
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def installed_plugin():
-    """The repository linked into FIFTYONE_PLUGINS_DIR, as a user installs it."""
-    plugins = Path(os.environ["FIFTYONE_PLUGINS_DIR"])
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "sam-veteran"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
-    return link
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """The Train operator: registered in the plugin, delegated only, queues a run on the view that a worker executes."""
 
-import os
 import uuid
 from pathlib import Path
 
@@ -16,16 +15,6 @@ from sam_veteran.trainer.train import load_view
 
 URI = "@sam-veteran/fiftyone/train"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def installed_plugin():
-    plugins = Path(os.environ["FIFTYONE_PLUGINS_DIR"])
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "sam-veteran"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
-    return link
 
 
 @pytest.fixture
