@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 TINY_MAX_NEW_TOKENS = 64
+SEGMENTER_HELP = ("SAM checkpoint path or vit_h/vit_l/vit_b, or a SAM 2 folder or hub id (facebook/sam2.1-hiera-large) "
+                  "(default vit_h)")
 
 
 def cache_dir() -> Path:
@@ -50,8 +52,7 @@ def add_demo(subparsers) -> None:
     parser.add_argument("--tiny", action="store_true", help="use the local tiny models: no network, random answers")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     parser.add_argument("--policy", help="policy hub id or folder (default Qwen/Qwen2.5-VL-7B-Instruct)")
-    parser.add_argument("--segmenter", help="SAM checkpoint path or vit_h/vit_l/vit_b, or a SAM 2 folder or hub id "
-                        "(facebook/sam2.1-hiera-large) (default vit_h)")
+    parser.add_argument("--segmenter", help=SEGMENTER_HELP)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -208,10 +209,8 @@ def add_export(subparsers) -> None:
                        help="the dataset folder and refs format (grefcoco allows empty ground truths)")
     refer.add_argument("--split-by", help="unc, umd or google (default: umd for refcocog, unc otherwise)")
     for sub in (reasonseg, refer):
-        sub.add_argument("dataset", help="FiftyOne dataset name")
+        add_view_arguments(sub, "export")
         sub.add_argument("export_dir", type=Path, help="a new or empty folder")
-        sub.add_argument("--saved-view", help="export this saved view of the dataset")
-        sub.add_argument("--tags", nargs="+", help="export only the samples with any of these tags")
         sub.add_argument("--gt-field", default="ground_truth")
         sub.add_argument("--query-field", default="query")
         sub.add_argument("--split", help="put every sample in this split (default: each sample's split tag)")
@@ -220,16 +219,9 @@ def add_export(subparsers) -> None:
 
 
 def run_export(args) -> int:
-    import fiftyone as fo
-
     from .plugin.datasets.exporters import export_reasonseg, export_refer
 
-    if not fo.dataset_exists(args.dataset):
-        raise SystemExit(f"no FiftyOne dataset named {args.dataset!r}")
-    dataset = fo.load_dataset(args.dataset)
-    view = dataset.load_saved_view(args.saved_view) if args.saved_view else dataset.view()
-    if args.tags:
-        view = view.match_tags(args.tags)
+    view = load_view(args)
     options = {"gt_field": args.gt_field, "query_field": args.query_field, "split": args.split,
                "overwrite": args.overwrite}
     if args.format == "reasonseg":
@@ -243,15 +235,31 @@ def run_export(args) -> int:
     return 0
 
 
+def add_view_arguments(parser, verb: str) -> None:
+    """The dataset and view selection shared by the commands that work on a view."""
+    parser.add_argument("dataset", help="FiftyOne dataset name")
+    parser.add_argument("--saved-view", help=f"{verb} this saved view of the dataset")
+    parser.add_argument("--tags", nargs="+", help=f"{verb} only the samples with any of these tags")
+
+
+def load_view(args):
+    """The view that `add_view_arguments` describes; exits with a message when the dataset does not exist."""
+    import fiftyone as fo
+
+    if not fo.dataset_exists(args.dataset):
+        raise SystemExit(f"no FiftyOne dataset named {args.dataset!r}")
+    dataset = fo.load_dataset(args.dataset)
+    view = dataset.load_saved_view(args.saved_view) if args.saved_view else dataset.view()
+    return view.match_tags(args.tags) if args.tags else view
+
+
 def add_run(subparsers) -> None:
     parser = subparsers.add_parser("run", help="run the agent on a dataset or a view of it (resumable, batched)")
-    parser.add_argument("dataset", help="FiftyOne dataset name")
-    parser.add_argument("--saved-view", help="run on this saved view of the dataset")
-    parser.add_argument("--tags", nargs="+", help="run only on the samples with any of these tags")
+    add_view_arguments(parser, "run on")
     parser.add_argument("--limit", type=int, help="run on the first N samples of the view")
     parser.add_argument("--tiny", action="store_true", help="use the local tiny models: no network, random answers")
     parser.add_argument("--policy", help="policy hub id or folder (default Qwen/Qwen2.5-VL-7B-Instruct)")
-    parser.add_argument("--segmenter", help="SAM checkpoint path or vit_h/vit_l/vit_b (default vit_h)")
+    parser.add_argument("--segmenter", help=SEGMENTER_HELP)
     parser.add_argument("--label-field", default="veteran", help="writes LABEL_mask, LABEL_steps, LABEL_clicks")
     parser.add_argument("--prompt-field", default="query", help="the sample field holding each query")
     parser.add_argument("--max-steps", type=int, default=3)
@@ -263,18 +271,11 @@ def add_run(subparsers) -> None:
 
 
 def run_agent_command(args) -> int:
-    import fiftyone as fo
-
     from .plugin.agent import DEFAULT_POLICY
     from .plugin.agent.segmenter import DEFAULT_SEGMENTER
     from .plugin.inference import run_agent
 
-    if not fo.dataset_exists(args.dataset):
-        raise SystemExit(f"no FiftyOne dataset named {args.dataset!r}")
-    dataset = fo.load_dataset(args.dataset)
-    view = dataset.load_saved_view(args.saved_view) if args.saved_view else dataset.view()
-    if args.tags:
-        view = view.match_tags(args.tags)
+    view = load_view(args)
     if args.limit is not None:
         view = view.limit(args.limit)
     policy_kwargs = {}
