@@ -23,7 +23,7 @@ from agent_data import box_then_click, make_dataset, scripted_policy
 from sam_veteran.plugin.agent import Agent, AgentConfig
 from sam_veteran.plugin.inference import run_agent
 from sam_veteran.plugin.model import SamVeteranModel
-from test_run_operator import URI, installed_plugin  # noqa: F401  (fixture)
+from test_run_operator import URI
 from test_safe_loading import SECRET, database_text, files_text
 
 WORKER = Path(__file__).parent / "fault_worker.py"
@@ -131,7 +131,7 @@ def test_a_run_killed_halfway_is_completed_by_a_rerun_of_exactly_the_rest(shared
 
 
 @pytest.mark.slow
-def test_a_killed_delegated_run_is_marked_failed_then_rerun_does_the_rest(installed_plugin,  # noqa: F811
+def test_a_killed_delegated_run_is_marked_failed_then_rerun_does_the_rest(installed_plugin,
                                                                          shared_dataset, tiny_models, tmp_path):
     import fiftyone.operators as foo
 

@@ -16,7 +16,7 @@ from sam_veteran import evaluate, import_reasonseg, import_refcoco
 from sam_veteran.plugin.agent import TransformersPolicy
 from sam_veteran.plugin.datasets import UnsafePathError
 from test_datasets import _image, _reasonseg_item, _rect, _ref, _refer_folder
-from test_run_operator import URI, installed_plugin  # noqa: F401  (fixture)
+from test_run_operator import URI
 
 SECRET = "hf_NotARealTokenButASecret0123456789"
 
@@ -81,7 +81,7 @@ def test_reasonseg_refuses_an_image_linked_in_from_outside(tmp_path):
     assert set(fo.list_datasets()) == before
 
 
-def test_a_hub_token_in_the_environment_is_stored_nowhere(installed_plugin, tmp_path,  # noqa: F811
+def test_a_hub_token_in_the_environment_is_stored_nowhere(installed_plugin, tmp_path,
                                                           monkeypatch, capsys, caplog, tiny_models):
     """A run, an evaluation and a queued delegated run with HF_TOKEN set: the token is in no database document
     (samples, run configs, delegated-operation parameters), no output and no log record."""
