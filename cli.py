@@ -87,6 +87,9 @@ def demo(args) -> int:
             say(f"The segmenter {segmenter} comes from the Hugging Face Hub into its cache unless already there "
                 "(SAM 2 hiera-large: about 0.9 GB).")
     directory = args.dir or cache_dir() / "demo"
+    if args.json:  # stdout carries the JSON line alone: no FiftyOne progress bars or info logs (set before import)
+        os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+        os.environ.setdefault("FIFTYONE_LOGGING_LEVEL", "ERROR")
     dataset, summary = run_demo(policy, segmenter, directory, num_samples=args.samples, max_steps=args.max_steps,
                                 batch_size=args.batch_size, device=args.device, **policy_kwargs)
     if args.json:

@@ -22,7 +22,7 @@ def test_demo_tiny_json_runs_offline_end_to_end(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sam_veteran.cli", "demo", "--tiny", "--json", "--samples", "6"],
                             capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = json.loads(result.stdout)  # stdout holds the JSON line alone
     assert summary["samples"] == 6
     assert 0.0 <= summary["gIoU"] <= 1.0 and 0.0 <= summary["cIoU"] <= 1.0
     assert sum(summary["end_reasons"].values()) == 6
