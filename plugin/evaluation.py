@@ -19,6 +19,7 @@ import fiftyone as fo
 import fiftyone.core.evaluation as foe
 import numpy as np
 
+from .labels import placed_crop
 from .metrics import DEFAULT_CONVENTION, get_convention, item_ious, score_crop, score_item, summarize_counts
 
 RUN_TYPE = "reasoning_segmentation"  # the config type that marks this plugin's runs in list_evaluations
@@ -198,8 +199,7 @@ def _score_steps(steps, ground_truth, convention, sample_id, field):
     for mask, box, number in sorted(steps, key=lambda row: row[2] if row[2] is not None else 0):
         if mask is None:
             raise ValueError(f"sample {sample_id}: {field} step {number} has no mask")
-        x, y = int(round(box[0] * width)), int(round(box[1] * height))
-        crop = mask[: max(height - y, 0), : max(width - x, 0)]
+        crop, x, y = placed_crop(mask, box, width, height)
         scores.append(score_crop(crop, x, y, ground_truth, convention, target_area=target_area))
     return scores
 

@@ -71,6 +71,13 @@ def trace_to_labels(trace: Trace) -> dict[str, fo.Label]:
     return {"mask": mask, "steps": fo.Detections(detections=steps), "clicks": fo.Keypoints(keypoints=clicks)}
 
 
+def placed_crop(mask: np.ndarray, bounding_box, width: int, height: int) -> tuple[np.ndarray, int, int]:
+    """A step detection's mask and its top-left pixel (x, y) in the image, clipped to the image: the inverse of
+    how `trace_to_labels` stores a step, shared by everything that reads steps back (evaluation, triage)."""
+    x, y = int(round(bounding_box[0] * width)), int(round(bounding_box[1] * height))
+    return mask[: max(height - y, 0), : max(width - x, 0)], x, y
+
+
 def _union_box(box, mask: np.ndarray) -> tuple[int, int, int, int]:
     """Integer pixel box (x1, y1, x2, y2) that holds the prompt box and every pixel of the mask."""
     height, width = mask.shape

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import fiftyone.core.fields as fof
 import numpy as np
 
+from ..labels import placed_crop
+
 DEFAULT_WEIGHTS = {"failure": 2.0, "step_cap": 1.0, "confidence": 1.0, "step_change": 1.0, "disagreement": 1.0}
 CHUNK = 128  # samples whose masks are in memory at once
 REASONS = ("not_run", "parse_failure", "invalid_input", "step_cap", "low_confidence", "large_change", "disagreement")
@@ -94,9 +96,8 @@ def step_masks(detections, width: int, height: int) -> list[np.ndarray]:
     for detection in sorted(detections or [], key=_step):
         full = np.zeros((height, width), dtype=bool)
         if detection.mask is not None:
-            x, y = round(detection.bounding_box[0] * width), round(detection.bounding_box[1] * height)
-            crop = detection.mask[: max(height - y, 0), : max(width - x, 0)].astype(bool)
-            full[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
+            crop, x, y = placed_crop(detection.mask, detection.bounding_box, width, height)
+            full[y:y + crop.shape[0], x:x + crop.shape[1]] = crop.astype(bool)
         out.append(full)
     return out
 
