@@ -129,3 +129,28 @@ def summarize(scores: Iterable[ItemScore], convention: str | Convention = DEFAUL
     """``{"gIoU", "cIoU", "count"}`` over item scores, as fractions in [0, 1]."""
     scores = list(scores)
     return summarize_counts([s.intersection for s in scores], [s.union for s in scores], convention)
+
+
+NOC_THRESHOLDS = (0.85, 0.90)
+NOC_CAP = 20  # the interactive-segmentation protocol's click budget
+
+
+def clicks_to_reach(step_ious: Iterable[float], step_clicks: Iterable[int], threshold: float,
+                    cap: int = NOC_CAP) -> int:
+    """NoC for one item: how many clicks had been made when the IoU first reached `threshold` (0 when the box
+    alone did); `cap` when it never did within `cap` clicks (the protocol's convention for failures).
+
+    `step_ious[k]` is the IoU of the k-th mask (step 0: the box) and `step_clicks[k]` the clicks made so far."""
+    for iou, clicks in zip(step_ious, step_clicks):
+        if clicks > cap:
+            break
+        if iou >= threshold:
+            return int(clicks)
+    return cap
+
+
+def mean_clicks_to_reach(items: Iterable[tuple[Iterable[float], Iterable[int]]], threshold: float,
+                         cap: int = NOC_CAP) -> float:
+    """NoC@threshold over items of (step IoUs, clicks so far at each step): the mean of `clicks_to_reach`."""
+    counts = [clicks_to_reach(ious, clicks, threshold, cap) for ious, clicks in items]
+    return float(np.mean(counts)) if counts else float("nan")

@@ -17,7 +17,7 @@ import numpy as np
 from .images import as_rgb
 from .overlay import OverlayStyle, policy_view
 from .parsing import AnswerError, ParsedAnswer, parse_grounding, parse_refinement
-from .policy import DEFAULT_POLICY, Policy, PolicyRequest, TransformersPolicy
+from .policy import DEFAULT_POLICY, Policy, PolicyRequest, load_policy
 from .segmenter import DEFAULT_SEGMENTER, Segmenter, load_segmenter
 from .trace import Action, EndReason, Step, Trace
 
@@ -34,10 +34,12 @@ class AgentConfig:
 
 @dataclass
 class AgentInput:
-    """One item: an image (H, W[, C] array of any dtype) and the query about it."""
+    """One item: an image (H, W[, C] array of any dtype) and the query about it; `ground_truth` (H, W: 0
+    background, 255 ignore, else target) only for policies that read it (the simulated user)."""
 
     image: np.ndarray
     query: str
+    ground_truth: np.ndarray | None = None
 
 
 @dataclass
@@ -46,6 +48,7 @@ class _State:
 
     trace: Trace
     image: np.ndarray
+    ground_truth: np.ndarray | None = None
     embedding: Any = None  # the segmenter's own embedding of the image
     view: Any = None  # the image resized for the policy, reused by every step (PIL image)
     box: tuple[float, float, float, float] | None = None
@@ -68,10 +71,9 @@ class Agent:
     def from_pretrained(cls, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
                         config: AgentConfig | None = None, device: str | None = None,
                         trust_remote_code: bool = False, **policy_kwargs) -> "Agent":
-        """Load a policy (hub id or folder) and a segmenter: a SAM checkpoint path or model type, or a SAM 2
-        folder or hub id (see `load_segmenter`)."""
-        return cls(TransformersPolicy.from_pretrained(policy, device=device, trust_remote_code=trust_remote_code,
-                                                      **policy_kwargs),
+        """Load a policy (hub id, folder, ``"mini"`` or ``"oracle"``, see `load_policy`) and a segmenter: a SAM
+        checkpoint path or model type, ``"mini"``, or a SAM 2 folder or hub id (see `load_segmenter`)."""
+        return cls(load_policy(policy, device=device, trust_remote_code=trust_remote_code, **policy_kwargs),
                    load_segmenter(segmenter, device=device), config)
 
     def run(self, items: Sequence[AgentInput]) -> list[Trace]:
@@ -106,13 +108,26 @@ class Agent:
         if not query.strip():
             trace.end_reason, trace.error = EndReason.INVALID_INPUT, "the query is empty"
             return trace, None
-        return trace, _State(trace=trace, image=image)
+        ground_truth = item.ground_truth
+        if getattr(self.policy, "needs_ground_truth", False):
+            problem = None
+            if ground_truth is None:
+                problem = "no ground truth: the simulated user (policy='oracle') reads the sample's ground-truth mask"
+            elif np.asarray(ground_truth).shape[:2] != image.shape[:2]:
+                shape = np.asarray(ground_truth).shape
+                problem = (f"the ground-truth mask is {shape[1] if len(shape) > 1 else '?'}x{shape[0]} but the image "
+                           f"is {image.shape[1]}x{image.shape[0]}")
+            if problem:
+                trace.end_reason, trace.error = EndReason.INVALID_INPUT, problem
+                return trace, None
+        return trace, _State(trace=trace, image=image, ground_truth=ground_truth)
 
     def _ground(self, states: list[_State]) -> None:
         """Step 0: a box from the query, then the segmenter's mask for it."""
         for state in states:
             state.view = policy_view(state.image, self.family.input_size)
-        requests = [PolicyRequest(s.view, self.family.grounding_prompt(s.trace.query)) for s in states]
+        requests = [PolicyRequest(s.view, self.family.grounding_prompt(s.trace.query), ground_truth=s.ground_truth)
+                    for s in states]
         for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse_grounding)):
             step = Step(index=0, text=text, notes=notes)
             state.trace.steps.append(step)
@@ -129,7 +144,8 @@ class Agent:
     def _refine(self, states: list[_State], index: int) -> None:
         """Step k: clicks (or stop) from the image with the current mask drawn over it."""
         requests = [PolicyRequest(policy_view(s.image, self.family.input_size, s.trace.mask, self.config.overlay,
-                                              resized=s.view), self.family.refine_prompt(s.trace.query))
+                                              resized=s.view), self.family.refine_prompt(s.trace.query),
+                                  mask=s.trace.mask, ground_truth=s.ground_truth)
                     for s in states]
         for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse_refinement)):
             step = Step(index=index, text=text, notes=notes)

@@ -7,24 +7,34 @@ sees; the trainer uses the same function, so what is trained is exactly what run
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .prompts import ModelFamily, family_for
 
 DEFAULT_POLICY = "Qwen/Qwen2.5-VL-7B-Instruct"
+FAMILY_FILE = "sam_veteran.json"  # in a policy folder: {"family": name}, the prompt family it was trained with
 
 
 @dataclass
 class PolicyRequest:
-    """One prompt for the policy: the image as the policy should see it, and the text."""
+    """One prompt for the policy: the image as the policy should see it, and the text.
+
+    `mask` (the current mask, original size; None at the grounding step) and `ground_truth` (the sample's, when
+    known) are there for policies that read them, such as the simulated user; a trained policy sees only the
+    image and the prompt."""
 
     image: Image.Image
     prompt: str
+    mask: np.ndarray | None = None
+    ground_truth: np.ndarray | None = None
 
 
 class Policy(Protocol):
@@ -75,6 +85,11 @@ class TransformersPolicy:
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype,
                                                             trust_remote_code=trust_remote_code).to(device)
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        recorded = Path(name_or_path) / FAMILY_FILE
+        if "family" not in kwargs and recorded.is_file():
+            from .prompts import FAMILIES
+
+            kwargs["family"] = FAMILIES[json.loads(recorded.read_text())["family"]]
         return cls(model, processor, **kwargs)
 
     @property
@@ -114,3 +129,17 @@ class TransformersPolicy:
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             answers += self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         return answers
+
+
+def load_policy(spec: str | os.PathLike = DEFAULT_POLICY, device: str | None = None, trust_remote_code: bool = False,
+                **kwargs) -> Policy:
+    """The policy a spec names: ``"oracle"`` (the simulated user, `oracle.py`), ``"mini"`` (the shipped mini
+    policy), or a hub id or folder loaded by `TransformersPolicy.from_pretrained`."""
+    from .shipped import shipped_path
+
+    if str(spec) == "oracle":
+        from .oracle import OraclePolicy
+
+        return OraclePolicy(**{k: v for k, v in kwargs.items() if k == "stop_iou"})
+    return TransformersPolicy.from_pretrained(shipped_path(spec, "policy"), device=device,
+                                              trust_remote_code=trust_remote_code, **kwargs)

@@ -102,10 +102,20 @@ class ModelFamily:
         return replace(self, input_size=tuple(input_size))
 
 
+MINI_GROUNDING_TEMPLATE = "Box \"{query}\" (bbox_2d) in {coordinates}."
+
+MINI_REFINE_TEMPLATE = (
+    "Green is the mask of \"{query}\": click a missed part (positive_point), a wrong part (negative_point) or "
+    "neither (null, null) in {coordinates}."
+)
+
 FAMILIES: dict[str, ModelFamily] = {
     "qwen2_5_vl": ModelFamily("qwen2_5_vl", coordinates=PIXELS),
     "qwen2_vl": ModelFamily("qwen2_vl", coordinates=PIXELS),
     "qwen3_vl": ModelFamily("qwen3_vl", coordinates=NORMALIZED_1000),
+    # the shipped mini policy (a small Qwen2.5-VL): a small view, so image tokens stay few, and short prompts
+    "mini": ModelFamily("mini", coordinates=PIXELS, input_size=(168, 168), grounding_template=MINI_GROUNDING_TEMPLATE,
+                        refine_template=MINI_REFINE_TEMPLATE, system_prompt="Segment."),
 }
 
 

@@ -57,6 +57,9 @@ ARCHITECTURES: dict[str, SamArchitecture] = {
     "vit_b": SamArchitecture(768, 12, 12, (2, 5, 8, 11)),
     "tiny": SamArchitecture(32, 2, 2, (1,), img_size=256, window_size=4, prompt_dim=32, mlp_ratio=2.0,
                             decoder_mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32),
+    # the shipped mini segmenter, trained here on the generated scenes (trainer/mini/segmenter.py)
+    "mini": SamArchitecture(96, 4, 4, (1, 3), img_size=256, window_size=8, prompt_dim=64,
+                            decoder_mlp_dim=256, decoder_heads=4, iou_head_hidden_dim=64),
 }
 
 
@@ -250,7 +253,11 @@ def segmenter_kind(spec: str | os.PathLike) -> str:
 
 
 def load_segmenter(spec: str | os.PathLike = DEFAULT_SEGMENTER, device: str | None = None, **kwargs) -> Segmenter:
-    """The segmenter a spec names (see `segmenter_kind`): `SamSegmenter` or `Sam2Segmenter`, on `device`."""
+    """The segmenter a spec names (see `segmenter_kind`): `SamSegmenter` or `Sam2Segmenter`, on `device`;
+    ``"mini"`` is the shipped mini segmenter (`shipped.py`)."""
+    from .shipped import shipped_path
+
+    spec = shipped_path(spec, "segmenter")
     if segmenter_kind(spec) == "sam2":
         from .sam2 import Sam2Segmenter
 
