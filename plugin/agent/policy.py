@@ -46,10 +46,12 @@ class Policy(Protocol):
 
 
 def messages(request: PolicyRequest, family: ModelFamily) -> list[dict]:
-    """The chat for one request: the family's system prompt, then the image and the prompt text."""
+    """The chat for one request: the family's system prompt, then the image and the prompt text (the text first
+    for a `query_first` family)."""
+    content = [{"type": "image"}, {"type": "text", "text": request.prompt}]
     return [
         {"role": "system", "content": [{"type": "text", "text": family.system_prompt}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]},
+        {"role": "user", "content": content[::-1] if family.query_first else content},
     ]
 
 

@@ -41,7 +41,9 @@ class ModelFamily:
     """Prompts and coordinate convention of one family of policies.
 
     `coordinates` is `"pixels"` (absolute pixels of the image as resized to `input_size`, Qwen2/2.5-VL) or
-    `"normalized_1000"` (a 0-1000 grid over the image, Qwen3-VL). `input_size` is (width, height).
+    `"normalized_1000"` (a 0-1000 grid over the image, Qwen3-VL). `input_size` is (width, height). With
+    `query_first` the prompt text comes before the image in the chat: a causal model's image tokens then see the
+    query (the mini policy learns to localise far faster so; released models are trained image first).
     """
 
     name: str
@@ -50,6 +52,7 @@ class ModelFamily:
     grounding_template: str = GROUNDING_TEMPLATE
     refine_template: str = REFINE_TEMPLATE
     system_prompt: str = "You are a helpful assistant."
+    query_first: bool = False  # the prompt text before the image, so image tokens are read in the light of the query
 
     def __post_init__(self) -> None:
         if self.coordinates not in (PIXELS, NORMALIZED_1000):
@@ -115,7 +118,7 @@ FAMILIES: dict[str, ModelFamily] = {
     "qwen3_vl": ModelFamily("qwen3_vl", coordinates=NORMALIZED_1000),
     # the shipped mini policy (a small Qwen2.5-VL): a small view, so image tokens stay few, and short prompts
     "mini": ModelFamily("mini", coordinates=PIXELS, input_size=(168, 168), grounding_template=MINI_GROUNDING_TEMPLATE,
-                        refine_template=MINI_REFINE_TEMPLATE, system_prompt="Segment."),
+                        refine_template=MINI_REFINE_TEMPLATE, system_prompt="Segment.", query_first=True),
 }
 
 

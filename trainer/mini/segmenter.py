@@ -270,7 +270,7 @@ def train_segmenter(config: SegmenterTrainConfig) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
         optimizer.step()
         step += 1
-        log.write(json.dumps({"step": step, "loss": float(stats["loss"]), "iou_first": stats["iou_first"],
+        log.write(json.dumps({"step": step, "loss": float(stats["loss"].detach()), "iou_first": stats["iou_first"],
                               "iou_last": stats["iou_last"], "seconds": round(time.time() - tick, 3)}) + "\n")
         log.flush()
         if step % config.save_every == 0 or step == config.steps:
