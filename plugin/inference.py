@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import fiftyone as fo
 
 from .agent import DEFAULT_POLICY, EndReason
-from .agent.segmenter import DEFAULT_SEGMENTER
+from .defaults import DEFAULT_SEGMENTER
 from .labels import LABEL_TYPES, has_results, label_fields
 from .model import SamVeteranModel, prepare_input, run_inputs
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from .agent import DEFAULT_POLICY, Agent, AgentConfig, AgentInput, Trace
 from .agent.images import ImageLoadError, load_image
-from .agent.segmenter import DEFAULT_SEGMENTER
+from .defaults import DEFAULT_SEGMENTER
 from .labels import failure_labels, trace_to_labels
 
 

@@ -14,11 +14,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..defaults import DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_SEGMENTER
 from .images import as_rgb
 from .overlay import OverlayStyle, policy_view
 from .parsing import AnswerError, ParsedAnswer, parse_grounding, parse_refinement
-from .policy import DEFAULT_POLICY, Policy, PolicyRequest, TransformersPolicy
-from .segmenter import DEFAULT_SEGMENTER, Segmenter, load_segmenter
+from .policy import Policy, PolicyRequest, TransformersPolicy
+from .segmenters import Segmenter, load_segmenter
 from .trace import Action, EndReason, Step, Trace
 
 
@@ -26,7 +27,7 @@ from .trace import Action, EndReason, Step, Trace
 class AgentConfig:
     """How the loop runs. `input_size` overrides the family's policy image size when given."""
 
-    max_steps: int = 3
+    max_steps: int = DEFAULT_MAX_STEPS
     parse_retries: int = 1
     input_size: tuple[int, int] | None = None
     overlay: OverlayStyle = field(default_factory=OverlayStyle)

@@ -7,7 +7,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..agent import DEFAULT_POLICY
-from ..agent.segmenter import DEFAULT_SEGMENTER
+from ..defaults import DEFAULT_SEGMENTER
 from ..inference import RunProgress, iter_run_agent
 from ..labels import has_results, label_fields
 from .common import add_target_view, call_operator, execution_options, report_progress, target_view
