@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..plugin.agent.actions import answer_box, answer_clicks
 from ..plugin.agent.parsing import AnswerError, parse_grounding, parse_refinement
 from ..plugin.agent.prompts import ModelFamily
 
@@ -209,21 +210,21 @@ class RewardFunction:
         return np.array([sx, sy, sx, sy])
 
     def box(self, text: str, record) -> tuple[float, float, float, float] | None:
-        """The answer's box in original-image pixels (corners sorted), or None when unreadable."""
+        """The answer's box in original-image pixels as the agent gives it to the segmenter (`answer_box`: corners
+        sorted, clamped into the image), or None when unreadable or without area inside the image."""
         try:
-            box = self.family.box_to_image(parse_grounding(text).box, record.image_size)
+            return answer_box(parse_grounding(text), self.family, record.image_size).box
         except AnswerError:
             return None
-        return (min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3]))
 
     def clicks(self, text: str, record):
-        """(positive, negative) clicks in original-image pixels, or None when unreadable."""
+        """(positive, negative) clicks in original-image pixels as the agent gives them to the segmenter
+        (`answer_clicks`: clamped onto the image), or None when unreadable."""
         try:
-            answer = parse_refinement(text)
+            clicks = answer_clicks(parse_refinement(text), self.family, record.image_size)
         except AnswerError:
             return None
-        to_image = lambda p: None if p is None else self.family.to_image(p, record.image_size)  # noqa: E731
-        return to_image(answer.positive), to_image(answer.negative)
+        return clicks.positive, clicks.negative
 
 
 class FormatReward(RewardFunction):
@@ -327,7 +328,7 @@ class SamIoUReward(SegmenterReward):
 
     def score(self, text, record):
         box = self.box(text, record)
-        if box is None or box[2] - box[0] < 1 or box[3] - box[1] < 1:
+        if box is None:
             return 0.0
         mask = self.segmenter.segment(self.embedding(record), box).mask
         return mask_iou(mask, record.gt_mask(), record.ignore_mask())
@@ -346,9 +347,7 @@ class IoUGainReward(SegmenterReward):
             return 0.0
         if clicks == (None, None):
             return stop_gain_reward(record.case, self.config.stop_bonus)
-        width, height = record.image_size
-        clamp = lambda p: (min(max(p[0], 0.0), width - 1.0), min(max(p[1], 0.0), height - 1.0))  # noqa: E731
-        points = [clamp(p) for p in clicks if p is not None]
+        points = [p for p in clicks if p is not None]
         labels = [label for p, label in zip(clicks, (1, 0)) if p is not None]
         embedding = self.embedding(record)
         # The agent carries the segmenter's own logits; a mask drawn from the ground truth has none to carry.
