@@ -21,6 +21,7 @@ import numpy as np
 from ..plugin.agent.actions import answer_box, answer_clicks
 from ..plugin.agent.parsing import AnswerError, parse_grounding, parse_refinement
 from ..plugin.agent.prompts import ModelFamily
+from ..plugin.metrics import mask_iou
 
 GROUNDING, MASK, AUXILIARY = "grounding", "mask", "auxiliary"
 TASKS = (GROUNDING, MASK, AUXILIARY)
@@ -51,14 +52,6 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
-    """IoU of two boolean masks with `ignore` pixels left out of both; two empty masks score 1 (LISA)."""
-    if ignore is not None:
-        pred, gt = pred & ~ignore, gt & ~ignore
-    union = np.count_nonzero(pred | gt)
-    return np.count_nonzero(pred & gt) / union if union else 1.0
 
 
 def boundary_band(mask: np.ndarray, tolerance: int) -> np.ndarray:
