@@ -31,7 +31,7 @@ def reasonseg_evaluations(dataset) -> list[str]:
 class EvaluationPanel(foo.Panel):
     @property
     def config(self):
-        return foo.PanelConfig(name="sam_veteran_evaluation", label="SAM-Veteran evaluation", icon="ssid_chart",
+        return foo.PanelConfig(name="sam_veteran_evaluation", label="SAM-Veteran: Evaluation", icon="ssid_chart",
                                surfaces="grid", help_markdown="gIoU / cIoU, the refinement curve, the IoU "
                                "histogram and stop rates of SAM-Veteran evaluations. Click a bar or point to "
                                "see those samples, worst first.")
