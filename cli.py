@@ -470,16 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
 # --- running ----------------------------------------------------------------------------------------------------
 
 
-def configure_fiftyone(args) -> None:
-    """Before FiftyOne loads: the database asked for, and no noise on every command (the bundled mongod 6.0's
-    version warning, progress bars in output that is not a terminal, info logs around a JSON line)."""
+def configure_environment(args) -> None:
+    """Before FiftyOne and transformers load: the database asked for, and no noise on every command (the
+    bundled mongod 6.0's "oldest supported version" notice, progress bars in output that is not a terminal, info
+    logs around a JSON line). Each is a default: a variable already set in the environment wins."""
     if args.database_uri:
         os.environ["FIFTYONE_DATABASE_URI"] = args.database_uri
-    elif not os.environ.get("FIFTYONE_DATABASE_URI"):  # FiftyOne's own service: the bundled mongod 6.0
-        os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     as_json = getattr(args, "json", False)
-    if as_json or not sys.stdout.isatty():
+    if as_json or not (sys.stdout.isatty() and sys.stderr.isatty()):
         os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars too
     if as_json:
         os.environ.setdefault("FIFTYONE_LOGGING_LEVEL", "ERROR")
     if "fiftyone" in sys.modules:  # already loaded (a caller in the same process): set what still matters
@@ -498,7 +499,7 @@ def error_message(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_fiftyone(args)
+    configure_environment(args)
     command = f"{PROG} {args.command}" + (f" {args.format}" if getattr(args, "format", None) else "")
     try:
         return args.handler(args)

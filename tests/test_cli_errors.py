@@ -149,3 +149,19 @@ def test_a_failed_demo_leaves_the_previous_demo_dataset(tmp_path, tiny_models, c
     assert main(["demo", "--policy", str(broken), "--segmenter", str(tiny_models["segmenter"]), "--no-app"]) == 2
     assert capsys.readouterr().err.startswith("sam-veteran demo: error: ")
     fo.load_dataset(name).delete()
+
+
+def test_the_environment_defaults_keep_output_quiet_and_yield_to_the_user(monkeypatch):
+    from sam_veteran.cli import build_parser, configure_environment
+
+    for name in ("FIFTYONE_DATABASE_VALIDATION", "HF_HUB_DISABLE_PROGRESS_BARS", "FIFTYONE_LOGGING_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FIFTYONE_SHOW_PROGRESS_BARS", "true")  # the user's own choice wins
+    monkeypatch.setenv("FIFTYONE_DATABASE_URI", fo.config.database_uri)
+    configure_environment(build_parser().parse_args(["info", "--database-uri", fo.config.database_uri]))
+    import os
+
+    assert os.environ["FIFTYONE_DATABASE_VALIDATION"] == "false"
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # pytest's output is not a terminal
+    assert os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] == "true"
+    assert "FIFTYONE_LOGGING_LEVEL" not in os.environ  # only --json silences the info logs
