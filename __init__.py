@@ -4,7 +4,7 @@ This file is both the FiftyOne plugin entry (`register`) and the package `sam_ve
 `import sam_veteran` stays fast and FiftyOne-free; the SDK names below load on first use.
 """
 
-import importlib
+from sam_veteran.plugin.lazy import lazy_exports
 
 _EXPORTS = {
     "Agent": "sam_veteran.plugin.agent",
@@ -34,12 +34,7 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sam_veteran' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def register(p) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sam_veteran.plugin.agent import Agent, AgentConfig, AgentInput, FAMILIES, SamSegmenter, TransformersPolicy, loop
-from sam_veteran.plugin.agent.segmenter import build_sam
+from sam_veteran.plugin.agent.segmenters import build_sam
 from sam_veteran.plugin.agent.tiny import write_tiny_models
 
 

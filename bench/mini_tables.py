@@ -27,7 +27,7 @@ import torch
 from sam_veteran.plugin.agent import Agent, AgentConfig, AgentInput
 from sam_veteran.plugin.agent.oracle import OraclePolicy
 from sam_veteran.plugin.agent.policy import load_policy
-from sam_veteran.plugin.agent.segmenter import load_segmenter
+from sam_veteran.plugin.agent.segmenters import load_segmenter
 from sam_veteran.plugin.metrics import NOC_CAP, mean_clicks_to_reach, score_item, summarize
 from sam_veteran.plugin.scenes import QUERY_KINDS, make_scenes
 

@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .defaults import DEFAULT_EVAL_KEY, DEFAULT_LABEL_FIELD, DEFAULT_MAX_STEPS, DEFAULT_PROMPT_FIELD
+from .labels import AgentFields
+
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = ((320, 240), (240, 320), (400, 300), (256, 256))
-EVAL_KEY = "eval"
+DEMO_DATASET = "sam-veteran-demo"
 
 
 @dataclass
@@ -56,19 +59,23 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
     return Scene(np.asarray(image), f"the {color} {shape}", masks[target].astype(np.uint8))
 
 
-def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str = "sam-veteran-demo", seed: int = 0):
-    """Write the scenes as PNG files under `directory` and load them into a FiftyOne dataset (replacing `name`).
+def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str | None = DEMO_DATASET, seed: int = 0,
+                       persistent: bool = True):
+    """Write the scenes as PNG files under `directory` and load them into a FiftyOne dataset (replacing `name`;
+    ``None``: a new generated name).
 
-    The dataset is persistent, so it is still there to open in the App (`fo.load_dataset(name)`) after the demo.
+    Persistent by default, so the demo's dataset is still there to open in the App (`fo.load_dataset(name)`)
+    afterwards; a run that only needs it while it lasts (a tiny training run) passes ``persistent=False``, and
+    FiftyOne deletes it when no process uses it any more.
     """
     import fiftyone as fo
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    if fo.dataset_exists(name):
+    if name is not None and fo.dataset_exists(name):
         fo.delete_dataset(name)
-    dataset = fo.Dataset(name, persistent=True)
+    dataset = fo.Dataset(name, persistent=persistent)
     samples = []
     for i in range(num_samples):
         scene = make_scene(rng, SIZES[i % len(SIZES)])
@@ -81,26 +88,41 @@ def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str = 
     return dataset
 
 
-def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: int = 8, max_steps: int = 3,
-             batch_size: int = 4, device: str | None = None, **policy_kwargs) -> tuple[object, dict]:
+def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: int = 8,
+             max_steps: int = DEFAULT_MAX_STEPS, batch_size: int = 4, device: str | None = None,
+             name: str = DEMO_DATASET, **policy_kwargs) -> tuple[object, dict]:
     """Build the dataset, run the agent on it, evaluate it (LISA's protocol, evaluation key ``eval``, the one the
-    evaluation panel opens); returns (dataset, summary)."""
+    evaluation panel opens); returns (dataset, summary).
+
+    The models load first and the run goes into a new dataset that replaces `name` only once it has succeeded:
+    a failed run (no network, a wrong checkpoint) leaves the previous demo as it was.
+    """
+    import fiftyone as fo
+
     from .evaluation import evaluate
     from .model import SamVeteranModel
 
     started = time.perf_counter()
-    dataset = build_demo_dataset(directory, num_samples)
     model = SamVeteranModel(policy=policy, segmenter=segmenter, max_steps=max_steps, device=device, **policy_kwargs)
     loaded = time.perf_counter()
-    dataset.apply_model(model, label_field="veteran", prompt_field="query", batch_size=batch_size)
-    ran = time.perf_counter()
-    results = evaluate(dataset, "veteran", eval_key=EVAL_KEY)
-    reasons = Counter(r or "no_result" for r in dataset.values("veteran_mask.end_reason"))
+    dataset = build_demo_dataset(directory, num_samples, name=None, persistent=False)
+    try:
+        dataset.apply_model(model, label_field=DEFAULT_LABEL_FIELD, prompt_field=DEFAULT_PROMPT_FIELD,
+                            batch_size=batch_size)
+        ran = time.perf_counter()
+        results = evaluate(dataset, DEFAULT_LABEL_FIELD, eval_key=DEFAULT_EVAL_KEY)
+    except BaseException:
+        dataset.delete()
+        raise
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset.name, dataset.persistent = name, True
+    reasons = Counter(r or "no_result" for r in dataset.values(AgentFields(DEFAULT_LABEL_FIELD).end_reason))
     summary = {
         "dataset": dataset.name, "samples": len(dataset), "policy": str(policy), "segmenter": str(segmenter),
         **{k: v for k, v in results.metrics().items() if k != "count"},
         "end_reasons": dict(reasons), "mean_masks_per_sample": float(np.mean(results.num_steps or [0])),
-        "eval_key": EVAL_KEY, "step_curve": results.step_curve(), "stop_rates": results.stop_rates(),
+        "eval_key": DEFAULT_EVAL_KEY, "step_curve": results.step_curve(), "stop_rates": results.stop_rates(),
         "seconds": {"load": round(loaded - started, 2), "agent": round(ran - loaded, 2),
                     "total": round(time.perf_counter() - started, 2)},
     }

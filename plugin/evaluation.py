@@ -19,7 +19,8 @@ import fiftyone as fo
 import fiftyone.core.evaluation as foe
 import numpy as np
 
-from .labels import placed_crop
+from .curation.bands import histogram_edges
+from .labels import AgentFields, placed_crop
 from .metrics import DEFAULT_CONVENTION, get_convention, item_ious, score_crop, score_item, summarize_counts
 
 RUN_TYPE = "reasoning_segmentation"  # the config type that marks this plugin's runs in list_evaluations
@@ -59,17 +60,15 @@ def resolve_prediction_fields(samples, pred_field: str) -> tuple[str, str | None
     schema = samples.get_field_schema()
     if pred_field in schema:
         _require_segmentation(samples, pred_field)
-        base = pred_field[: -len("_mask")] if pred_field.endswith("_mask") else None
         mask_field = pred_field
-    elif f"{pred_field}_mask" in schema:
-        mask_field, base = f"{pred_field}_mask", pred_field
+    elif AgentFields(pred_field).mask in schema:
+        mask_field = AgentFields(pred_field).mask
         _require_segmentation(samples, mask_field)
     else:
-        raise ValueError(f"no field {pred_field!r} (nor {pred_field}_mask) on {samples._root_dataset.name!r}")
-    steps = f"{base}_steps" if base else None
-    field = schema.get(steps) if steps else None
-    has_steps = field is not None and issubclass(getattr(field, "document_type", object), fo.Detections)
-    return mask_field, steps if has_steps else None
+        raise ValueError(f"no field {pred_field!r} (nor {AgentFields(pred_field).mask}) on "
+                         f"{samples._root_dataset.name!r}")
+    run = AgentFields.of(mask_field)
+    return mask_field, run.steps if run.mask == mask_field and run.exists_on(samples) else None
 
 
 def _require_segmentation(samples, field_name: str) -> None:
@@ -157,7 +156,7 @@ def _read_chunk(chunk, config):
     paths = ["id", f"{gt}.mask", f"{gt}.mask_path", f"{pred}.mask", f"{pred}.mask_path"]
     if steps:
         paths += [f"{steps}.detections.mask", f"{steps}.detections.bounding_box", f"{steps}.detections.step",
-                  f"{pred}.stopped_by_agent"]
+                  AgentFields.of(pred).stopped_by_agent]
     columns = chunk.values(paths)
     ids = columns[0]
     ground_truths = []
@@ -281,7 +280,7 @@ class ReasonSegResults(foe.EvaluationResults):
     def histogram(self, bins: int = HISTOGRAM_BINS) -> list[dict]:
         """Counts of final IoUs in `bins` equal bins over [0, 1] (the last bin includes 1)."""
         ious = self.ious[~np.isnan(self.ious)]
-        counts, edges = np.histogram(ious, bins=bins, range=(0.0, 1.0))
+        counts, edges = np.histogram(ious, bins=histogram_edges(bins))
         return [{"low": float(edges[i]), "high": float(edges[i + 1]), "count": int(counts[i])} for i in range(bins)]
 
     def report(self) -> dict:

@@ -23,8 +23,9 @@ from typing import Callable, Iterator
 
 import fiftyone as fo
 
-from .agent import DEFAULT_POLICY, EndReason
-from .agent.segmenter import DEFAULT_SEGMENTER
+from .agent import EndReason
+from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD,
+                       DEFAULT_SEGMENTER)
 from .labels import LABEL_TYPES, has_results, label_fields
 from .model import SamVeteranModel, prepare_input, run_inputs
 
@@ -51,8 +52,9 @@ class RunProgress:
 
 
 def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str = DEFAULT_POLICY,
-                   segmenter: str = DEFAULT_SEGMENTER, max_steps: int = 3, device: str | None = None,
-                   label_field: str = "veteran", prompt_field: str = "query", batch_size: int = 8,
+                   segmenter: str = DEFAULT_SEGMENTER, max_steps: int = DEFAULT_MAX_STEPS, device: str | None = None,
+                   label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
                    overwrite: bool = False, **policy_kwargs) -> Iterator[RunProgress]:
     """Run the agent batch by batch, writing each batch when it finishes; yields progress after each batch.
 

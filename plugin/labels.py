@@ -12,9 +12,14 @@ Coordinates are relative ([0, 1]) as FiftyOne expects.
 A sample the agent could not run on (unreadable image, missing query, an exception) gets `failure_labels`: a mask
 label with no mask, ``end_reason="invalid_input"`` and the reason in `error`, and no steps or clicks. Every other
 sample "has results" (`has_results`): re-runs skip it unless told to overwrite, and retry the failed ones.
+
+`AgentFields` is the one spelling of that schema (field names, the attributes read back, the end reasons); every
+reader (evaluation, triage, the operators, the demo) goes through it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import fiftyone as fo
 import numpy as np
@@ -24,17 +29,71 @@ from .agent.trace import EndReason, Trace
 
 LABEL_KEYS = ("mask", "steps", "clicks")
 LABEL_TYPES = {"mask": fo.Segmentation, "steps": fo.Detections, "clicks": fo.Keypoints}
+FAILURES = (EndReason.PARSE_FAILURE, EndReason.INVALID_INPUT)  # the traces that end without the agent's own mask
+
+
+@dataclass(frozen=True)
+class AgentFields:
+    """The sample fields of one agent run, named by its label field (``veteran``)."""
+
+    name: str
+
+    @property
+    def mask(self) -> str:
+        return f"{self.name}_mask"
+
+    @property
+    def steps(self) -> str:
+        return f"{self.name}_steps"
+
+    @property
+    def clicks(self) -> str:
+        return f"{self.name}_clicks"
+
+    @property
+    def end_reason(self) -> str:
+        """The path of the mask label's `EndReason` value, for `values()` and view expressions."""
+        return f"{self.mask}.end_reason"
+
+    @property
+    def stopped_by_agent(self) -> str:
+        return f"{self.mask}.stopped_by_agent"
+
+    def fields(self) -> dict[str, str]:
+        """The sample field of each label key: ``{"mask": "veteran_mask", ...}``."""
+        return {key: f"{self.name}_{key}" for key in LABEL_KEYS}
+
+    @classmethod
+    def of(cls, field: str) -> "AgentFields":
+        """The run a field name belongs to: ``veteran`` and ``veteran_mask`` both name ``veteran``."""
+        return cls(field[: -len("_mask")] if field.endswith("_mask") else field)
+
+    def exists_on(self, samples) -> bool:
+        """Whether `samples` hold this run: a Segmentation mask field beside a Detections steps field."""
+        schema = samples.get_field_schema()
+        return (issubclass(_document_type(schema.get(self.mask)), fo.Segmentation)
+                and issubclass(_document_type(schema.get(self.steps)), fo.Detections))
+
+
+def agent_runs(samples) -> list[str]:
+    """The label-field names of the agent runs on `samples` (``veteran`` for ``veteran_mask`` + ``veteran_steps``)."""
+    return [name[: -len("_mask")] for name in samples.get_field_schema()
+            if name.endswith("_mask") and AgentFields.of(name).exists_on(samples)]
+
+
+def _document_type(field) -> type:
+    return getattr(field, "document_type", None) or object
 
 
 def label_fields(label_field: str) -> dict[str, str]:
     """The sample field of each label key: ``{"mask": "veteran_mask", ...}`` for ``veteran``."""
-    return {key: f"{label_field}_{key}" for key in LABEL_KEYS}
+    return AgentFields(label_field).fields()
 
 
 def has_results(label_field: str):
     """A view expression true for samples the agent already ran on (a failure recorded there does not count)."""
-    mask = label_fields(label_field)["mask"]
-    return F(mask).exists() & (F(f"{mask}.end_reason") != EndReason.INVALID_INPUT.value)
+    run = AgentFields(label_field)
+    return F(run.mask).exists() & (F(run.end_reason) != EndReason.INVALID_INPUT.value)
 
 
 def failure_labels(error: str) -> dict[str, fo.Label]:

@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-IGNORE = 255
+IGNORE = 255  # the ground truth's "ignore" value (0 background, 1 target): the one definition
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,26 @@ def score_item(prediction: np.ndarray | None, ground_truth: np.ndarray,
         return ItemScore(0, int(target.sum()))
     if prediction.shape != ground_truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {ground_truth.shape}")
-    predicted = prediction.astype(bool) if valid is None else prediction.astype(bool) & valid
+    return _overlap(prediction.astype(bool), target, valid)
+
+
+def mask_iou(a: np.ndarray | None, b: np.ndarray | None, ignore: np.ndarray | None = None) -> float:
+    """IoU of two binary masks of one image (nonzero = object), `ignore` pixels left out of both: LISA's
+    conventions, so a missing mask (None) is empty and two empty masks agree (1.0). The one mask IoU that the
+    rewards, the trainer's task labels and triage use; `score_item` is the same count against a 0/1/255 truth."""
+    if a is None and b is None:
+        return 1.0
+    a = np.zeros_like(b, dtype=bool) if a is None else a.astype(bool)
+    b = np.zeros_like(a, dtype=bool) if b is None else b.astype(bool)
+    if a.shape != b.shape:
+        raise ValueError(f"masks of different sizes {a.shape} and {b.shape}")
+    return _overlap(a, b, None if ignore is None else ~ignore).iou
+
+
+def _overlap(predicted: np.ndarray, target: np.ndarray, valid: np.ndarray | None) -> ItemScore:
+    """Intersection and union of two boolean masks over the `valid` pixels (all when None)."""
+    if valid is not None:
+        predicted, target = predicted & valid, target & valid
     intersection = int(np.count_nonzero(predicted & target))
     return ItemScore(intersection, int(np.count_nonzero(predicted)) + int(np.count_nonzero(target)) - intersection)
 

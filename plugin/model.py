@@ -21,9 +21,9 @@ import fiftyone.core.models as fom
 import fiftyone.utils.torch as fout
 import numpy as np
 
-from .agent import DEFAULT_POLICY, Agent, AgentConfig, AgentInput, Trace
+from .agent import Agent, AgentConfig, AgentInput, Trace
 from .agent.images import ImageLoadError, load_image
-from .agent.segmenter import DEFAULT_SEGMENTER
+from .defaults import DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_SEGMENTER
 from .labels import failure_labels, trace_to_labels
 
 
@@ -85,8 +85,9 @@ class SampleLoader(fout.GetItem):
 class SamVeteranModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModelMixin):
     """The SAM-Veteran agent behind FiftyOne's model interface; reads each sample's query from `prompt_field`."""
 
-    def __init__(self, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER, max_steps: int = 3,
-                 device: str | None = None, agent: Agent | None = None, **policy_kwargs) -> None:
+    def __init__(self, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
+                 max_steps: int = DEFAULT_MAX_STEPS, device: str | None = None, agent: Agent | None = None,
+                 **policy_kwargs) -> None:
         fom.SamplesMixin.__init__(self)
         self.agent = agent or Agent.from_pretrained(policy, segmenter, AgentConfig(max_steps=max_steps),
                                                     device=device, **policy_kwargs)

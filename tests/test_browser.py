@@ -1,4 +1,4 @@
-"""The FiftyOne App in a real browser: find *Run SAM-Veteran* in the operator browser, run it, see the new fields.
+"""The FiftyOne App in a real browser: find *SAM-Veteran: Run agent* in the operator browser, run it, see the new fields.
 
 Debian's Chromium driven by Playwright (never `playwright install`: it downloads). Screenshots go to
 test-artifacts/browser/. With CI=true a missing Chromium fails the test; elsewhere it is skipped with the reason.
@@ -125,8 +125,8 @@ def test_run_sam_veteran_from_the_operator_browser(chromium, app_url, scenes, ti
             page.keyboard.press("Escape")
 
             page.click("[data-cy=action-browse-operations]")
-            page.fill("[data-cy=operators-browser-search]", "Run SAM-Veteran")
-            page.locator("[data-cy=operators-browser]").get_by_text("Run SAM-Veteran").first.wait_for()
+            page.fill("[data-cy=operators-browser-search]", "SAM-Veteran: Run agent")
+            page.locator("[data-cy=operators-browser]").get_by_text("SAM-Veteran: Run agent").first.wait_for()
             page.keyboard.press("Enter")
             form = page.locator("[data-cy=operators-prompt-modal]")
             form.wait_for(timeout=20_000)

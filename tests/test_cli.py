@@ -26,3 +26,4 @@ def test_demo_tiny_json_runs_offline_end_to_end(tmp_path):
     assert summary["samples"] == 6
     assert 0.0 <= summary["gIoU"] <= 1.0 and 0.0 <= summary["cIoU"] <= 1.0
     assert sum(summary["end_reasons"].values()) == 6
+    assert "it/s" not in result.stderr  # no progress bars (FiftyOne's, transformers') when output is not a terminal

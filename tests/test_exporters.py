@@ -232,5 +232,6 @@ def test_cli_exports_a_tagged_view(source, tmp_path, capsys):
                  "--benchmark", "refcoco", "--split-by", "unc"]) == 0
     assert "2 samples had ignore pixels" in capsys.readouterr().out
     assert (tmp_path / "refer" / "refcoco" / "refs(unc).p").is_file()
-    with pytest.raises(FileExistsError):
-        main(["export", "reasonseg", source.name, str(tmp_path / "rs")])
+    assert main(["export", "reasonseg", source.name, str(tmp_path / "rs")]) == 2  # a CLI error: one line, a hint
+    error = capsys.readouterr().err.splitlines()
+    assert error[0].startswith("sam-veteran export reasonseg: error: ") and "pass --overwrite" in error[0]

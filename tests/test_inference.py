@@ -135,7 +135,13 @@ def test_run_command_runs_on_a_view_and_resumes(tmp_path, capsys):
         assert (summary["total"], summary["done"]) == (3, 3)
         assert set(dataset.exists("veteran_mask").values("id")) == set(dataset.match_tags("pick").values("id"))
         assert main(["run", name, "--tiny", "--max-steps", "1"]) == 0
-        assert "2 samples run (0 failed" in capsys.readouterr().out and dataset.exists("veteran_mask").count() == 5
+        out = capsys.readouterr().out
+        assert "ran the agent on 2 samples" in out and "3 already had results" in out
+        assert dataset.exists("veteran_mask").count() == 5
+        reasons = dataset.count_values("veteran_mask.end_reason")
+        assert "why the traces of the view ended: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) in out
+        assert main(["run", name, "--tiny"]) == 0
+        assert "nothing to run: all 5 samples of the view already have results in 'veteran'" in capsys.readouterr().out
     finally:
         dataset.delete()
 

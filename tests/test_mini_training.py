@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sam_veteran.plugin.agent.parsing import parse_grounding, parse_refinement
-from sam_veteran.plugin.agent.segmenter import build_sam
+from sam_veteran.plugin.agent.segmenters import build_sam
 from sam_veteran.plugin.scenes import make_scene
 from sam_veteran.trainer.mini import policy as mini_policy
 from sam_veteran.trainer.mini.segmenter import (PIXEL_MEAN, PIXEL_STD, ScenePool, SegmenterTrainConfig, decode_batch,
@@ -42,7 +42,7 @@ def test_segmenter_stage_resumes_from_its_checkpoint(tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 2, 3, 3]  # steps 1-2, an evaluation, then only step 3 and its evaluation
     assert set(metrics) >= {"gt_box", "jittered_box", "click_1", "click_3", "train_seconds"}
-    from sam_veteran.plugin.agent.segmenter import SamSegmenter
+    from sam_veteran.plugin.agent.segmenters import SamSegmenter
 
     SamSegmenter.from_checkpoint(tmp_path / "segmenter.safetensors", device="cpu")
 

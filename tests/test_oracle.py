@@ -6,7 +6,7 @@ import pytest
 from sam_veteran.plugin.agent import Agent, AgentConfig, AgentInput, EndReason
 from sam_veteran.plugin.agent.clicks import first_click, next_click
 from sam_veteran.plugin.agent.oracle import OraclePolicy
-from sam_veteran.plugin.agent.segmenter import SamSegmenter, build_sam
+from sam_veteran.plugin.agent.segmenters import SamSegmenter, build_sam
 from sam_veteran.plugin.metrics import clicks_to_reach, mean_clicks_to_reach
 
 

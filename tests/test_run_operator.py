@@ -1,4 +1,4 @@
-"""Run SAM-Veteran as the App runs it: registered through FiftyOne's plugin machinery, immediate and delegated."""
+"""SAM-Veteran: Run agent, as the App runs it: registered through FiftyOne's plugin machinery, immediate and delegated."""
 
 import uuid
 
@@ -33,7 +33,7 @@ def context(dataset, params=None, **request):
 
 def test_listed_among_the_plugin_operators(installed_plugin):
     listed = {op.uri: op for op in foo.list_operators(type="operator")}  # what `fiftyone operators list` prints
-    assert URI in listed and listed[URI].config.label == "Run SAM-Veteran"
+    assert URI in listed and listed[URI].config.label == "SAM-Veteran: Run agent"
 
 
 def test_form_offers_text_fields_and_says_what_a_rerun_skips(installed_plugin, dataset, tiny):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from sam_veteran.plugin.agent import (Action, Agent, AgentConfig, AgentInput, EndReason, Sam2Segmenter,
                                       SamSegmenter, load_segmenter)
-from sam_veteran.plugin.agent.segmenter import build_sam, segmenter_kind
+from sam_veteran.plugin.agent.segmenters import build_sam, segmenter_kind
 from sam_veteran.plugin.agent.tiny import TINY_SAM2_IMAGE_SIZE, build_tiny_sam2
 from scripted import ScriptedPolicy, box_answer, click_answer
 

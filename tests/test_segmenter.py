@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_veteran.plugin.agent.segmenter import (ARCHITECTURES, SamSegmenter, architecture_of, build_sam,
+from sam_veteran.plugin.agent.segmenters import (ARCHITECTURES, SamSegmenter, architecture_of, build_sam,
                                                 resolve_checkpoint)
 
 

@@ -6,9 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sam_veteran.plugin.agent.actions import click_action
+from sam_veteran.plugin.agent.trace import Action
 from sam_veteran.trainer.rewards import box_iou
-from sam_veteran.trainer.sampling import (ACTION_TYPES, BOTH, NEGATIVE, POSITIVE, STOP, action_type, quotas,
-                                          select_actions, select_boxes)
+from sam_veteran.trainer.sampling import ACTION_TYPES, quotas, select_actions, select_boxes
+
+STOP, POSITIVE, NEGATIVE, BOTH = Action.STOP, Action.POSITIVE, Action.NEGATIVE, Action.POSITIVE_AND_NEGATIVE
 
 
 def test_quotas_follow_the_ratio():
@@ -16,13 +19,6 @@ def test_quotas_follow_the_ratio():
     assert quotas(12, (1, 2, 2, 1)) == [2, 4, 4, 2]
     assert quotas(8, (1, 2, 2, 1)) == [1, 3, 3, 1]
     assert sum(quotas(5, (1, 2, 2, 1))) == 5
-
-
-def test_action_type():
-    assert action_type(None, None) == STOP
-    assert action_type((1, 2), None) == POSITIVE
-    assert action_type(None, (1, 2)) == NEGATIVE
-    assert action_type((1, 2), (3, 4)) == BOTH
 
 
 def test_select_boxes_drops_near_duplicates_first():
@@ -91,7 +87,7 @@ def test_select_rollouts_keeps_each_row_in_its_group():
     texts = [round0, round1]
     boxes = [texts[r][row] for r, row in picks[:size]]
     assert len(set(boxes)) == size  # one copy of the repeated box, five distinct ones
-    actions = Counter(action_type(*_clicks(texts[r][row])) for r, row in picks[size:])
+    actions = Counter(click_action(*(p is not None for p in _clicks(texts[r][row]))) for r, row in picks[size:])
     assert actions == {STOP: 1, POSITIVE: 2, NEGATIVE: 2, BOTH: 1}
     with pytest.raises(ValueError, match="whole groups"):
         select_rollouts([round0], ["mask"] * 5, size, SamplingConfig())

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from sam_veteran.plugin.agent.trace import Action, EndReason, Step, Trace
-from sam_veteran.plugin.curation.triage import DEFAULT_WEIGHTS, mask_iou, review_order, step_masks, triage
+from sam_veteran.plugin.curation.triage import DEFAULT_WEIGHTS, review_order, step_masks, triage
+from sam_veteran.plugin.metrics import mask_iou
 from sam_veteran.plugin.labels import trace_to_labels
 
 W, H = 64, 48

@@ -18,8 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..plugin.agent.actions import answer_box, answer_clicks
 from ..plugin.agent.parsing import AnswerError, parse_grounding, parse_refinement
 from ..plugin.agent.prompts import ModelFamily
+from ..plugin.metrics import mask_iou
 
 GROUNDING, MASK, AUXILIARY = "grounding", "mask", "auxiliary"
 TASKS = (GROUNDING, MASK, AUXILIARY)
@@ -50,14 +52,6 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
-    """IoU of two boolean masks with `ignore` pixels left out of both; two empty masks score 1 (LISA)."""
-    if ignore is not None:
-        pred, gt = pred & ~ignore, gt & ~ignore
-    union = np.count_nonzero(pred | gt)
-    return np.count_nonzero(pred & gt) / union if union else 1.0
 
 
 def boundary_band(mask: np.ndarray, tolerance: int) -> np.ndarray:
@@ -209,21 +203,21 @@ class RewardFunction:
         return np.array([sx, sy, sx, sy])
 
     def box(self, text: str, record) -> tuple[float, float, float, float] | None:
-        """The answer's box in original-image pixels (corners sorted), or None when unreadable."""
+        """The answer's box in original-image pixels as the agent gives it to the segmenter (`answer_box`: corners
+        sorted, clamped into the image), or None when unreadable or without area inside the image."""
         try:
-            box = self.family.box_to_image(parse_grounding(text).box, record.image_size)
+            return answer_box(parse_grounding(text), self.family, record.image_size).box
         except AnswerError:
             return None
-        return (min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3]))
 
     def clicks(self, text: str, record):
-        """(positive, negative) clicks in original-image pixels, or None when unreadable."""
+        """(positive, negative) clicks in original-image pixels as the agent gives them to the segmenter
+        (`answer_clicks`: clamped onto the image), or None when unreadable."""
         try:
-            answer = parse_refinement(text)
+            clicks = answer_clicks(parse_refinement(text), self.family, record.image_size)
         except AnswerError:
             return None
-        to_image = lambda p: None if p is None else self.family.to_image(p, record.image_size)  # noqa: E731
-        return to_image(answer.positive), to_image(answer.negative)
+        return clicks.positive, clicks.negative
 
 
 class FormatReward(RewardFunction):
@@ -327,7 +321,7 @@ class SamIoUReward(SegmenterReward):
 
     def score(self, text, record):
         box = self.box(text, record)
-        if box is None or box[2] - box[0] < 1 or box[3] - box[1] < 1:
+        if box is None:
             return 0.0
         mask = self.segmenter.segment(self.embedding(record), box).mask
         return mask_iou(mask, record.gt_mask(), record.ignore_mask())
@@ -346,9 +340,7 @@ class IoUGainReward(SegmenterReward):
             return 0.0
         if clicks == (None, None):
             return stop_gain_reward(record.case, self.config.stop_bonus)
-        width, height = record.image_size
-        clamp = lambda p: (min(max(p[0], 0.0), width - 1.0), min(max(p[1], 0.0), height - 1.0))  # noqa: E731
-        points = [clamp(p) for p in clicks if p is not None]
+        points = [p for p in clicks if p is not None]
         labels = [label for p, label in zip(clicks, (1, 0)) if p is not None]
         embedding = self.embedding(record)
         # The agent carries the segmenter's own logits; a mask drawn from the ground truth has none to carry.

@@ -13,17 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..plugin.agent.actions import click_action
 from ..plugin.agent.parsing import AnswerError, parse_grounding, parse_refinement
+from ..plugin.agent.trace import Action
 from .rewards import GROUNDING, box_iou
 
-STOP, POSITIVE, NEGATIVE, BOTH = "stop", "positive", "negative", "positive+negative"
-ACTION_TYPES = (STOP, POSITIVE, NEGATIVE, BOTH)
-
-
-def action_type(positive, negative) -> str:
-    """The action type of a click answer."""
-    return {(False, False): STOP, (True, False): POSITIVE, (False, True): NEGATIVE,
-            (True, True): BOTH}[(positive is not None, negative is not None)]
+ACTION_TYPES = (Action.STOP, Action.POSITIVE, Action.NEGATIVE, Action.POSITIVE_AND_NEGATIVE)  # the ratio's order
 
 
 def quotas(size: int, ratio: Sequence[float]) -> list[int]:
@@ -52,7 +47,7 @@ def select_boxes(boxes: Sequence[Sequence[float] | None], size: int, iou: float 
     return (kept + suppressed)[:size], met
 
 
-def select_actions(types: Sequence[str | None], size: int,
+def select_actions(types: Sequence[Action | None], size: int,
                    ratio: Sequence[float] = (1, 2, 2, 1)) -> tuple[list[int], bool]:
     """Indices of `size` candidates holding the action types in `ratio` (order `ACTION_TYPES`), and whether the
     ratio was met; `None` marks an unreadable answer."""
@@ -80,7 +75,7 @@ def select_group(task: str, texts: Sequence[str], size: int, config) -> tuple[li
     for text in texts:
         try:
             answer = parse_refinement(text)
-            types.append(action_type(answer.positive, answer.negative))
+            types.append(click_action(answer.positive is not None, answer.negative is not None))
         except AnswerError:
             types.append(None)
     return select_actions(types, size, config.action_ratio)

@@ -25,12 +25,11 @@ from ..plugin.agent.images import load_image
 from ..plugin.agent.overlay import OverlayStyle, policy_view
 from ..plugin.agent.policy import PolicyRequest, messages
 from ..plugin.agent.prompts import ModelFamily
+from ..plugin.metrics import IGNORE
 from .rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, MASK, REFINE, TASKS, EmbeddingCache, mask_box,
                       mask_centre, tolerant_iou)
 
 logger = logging.getLogger(__name__)
-
-IGNORE_VALUE = 255
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -167,7 +166,7 @@ def _sample_record(sample_id, path, query, mask, mask_path, width, height, query
         mask = mask[..., 0]
     if width and height and mask.shape != (height, width):
         return f"{sample_id}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}"
-    ignore = mask == IGNORE_VALUE
+    ignore = mask == IGNORE
     target = (mask > 0) & ~ignore
     if not target.any():
         return f"{sample_id}: the ground truth has no target pixel"

@@ -64,7 +64,7 @@ def resolve_models(config: TrainConfig) -> tuple[str, str]:
     if config.tiny:
         from accelerate import PartialState
 
-        from ..cli import tiny_model_paths
+        from ..plugin.agent.tiny import tiny_model_paths
 
         with PartialState().main_process_first():  # the main process writes them, the others read them
             return tiny_model_paths()
@@ -142,7 +142,7 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     from transformers import AutoConfig, AutoProcessor
 
     from ..plugin.agent.prompts import family_for
-    from ..plugin.agent.segmenter import load_segmenter
+    from ..plugin.agent.segmenters import load_segmenter
     from .grpo import SamVeteranGRPOTrainer
     from .refresh import PolicyMaskRefresh
     from .rewards import EmbeddingCache, build_reward_functions

@@ -40,7 +40,7 @@ from agent_throughput import ReplayPolicy  # noqa: E402  the fixed box / click /
 from train_step import build_config, build_model  # noqa: E402  the Qwen2.5-VL-7B architecture
 
 from sam_veteran.plugin.agent import Agent, AgentConfig, AgentInput, SamSegmenter, TransformersPolicy  # noqa: E402
-from sam_veteran.plugin.agent.segmenter import build_sam  # noqa: E402
+from sam_veteran.plugin.agent.segmenters import build_sam  # noqa: E402
 from sam_veteran.plugin.agent.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer  # noqa: E402
 
 

@@ -1,15 +1,21 @@
-"""The SAM-Veteran agent, independent of FiftyOne: policy + segmenter + the step loop that joins them."""
+"""The SAM-Veteran agent, independent of FiftyOne: policy + segmenter + the step loop that joins them.
 
-from .loop import Agent, AgentConfig, AgentInput
-from .parsing import AnswerError, ParsedAnswer, parse_grounding, parse_refinement
-from .policy import DEFAULT_POLICY, Policy, PolicyRequest, TransformersPolicy
-from .prompts import FAMILIES, ModelFamily, family_for
-from .sam2 import Sam2Segmenter
-from .segmenter import SamSegmenter, Segmenter, load_segmenter
-from .trace import Action, EndReason, Step, Trace
+Names load on first use, so `parsing`, `prompts` and `trace` (and the trainer's rewards) import without torch.
+"""
 
-__all__ = [
-    "Action", "Agent", "AgentConfig", "AgentInput", "AnswerError", "DEFAULT_POLICY", "EndReason", "FAMILIES",
-    "ModelFamily", "ParsedAnswer", "Policy", "PolicyRequest", "Sam2Segmenter", "SamSegmenter", "Segmenter", "Step", "Trace",
-    "TransformersPolicy", "family_for", "load_segmenter", "parse_grounding", "parse_refinement",
-]
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "Agent": ".loop", "AgentConfig": ".loop", "AgentInput": ".loop",
+    "AnswerError": ".parsing", "ParsedAnswer": ".parsing", "parse_grounding": ".parsing",
+    "parse_refinement": ".parsing",
+    "Policy": ".policy", "PolicyRequest": ".policy", "TransformersPolicy": ".policy", "load_policy": ".policy",
+    "OraclePolicy": ".oracle",
+    "FAMILIES": ".prompts", "ModelFamily": ".prompts", "family_for": ".prompts",
+    "Sam2Segmenter": ".segmenters", "SamSegmenter": ".segmenters", "Segmenter": ".segmenters",
+    "load_segmenter": ".segmenters", "segmenter_kind": ".segmenters",
+    "Action": ".trace", "EndReason": ".trace", "Step": ".trace", "Trace": ".trace",
+    "DEFAULT_POLICY": "..defaults", "DEFAULT_SEGMENTER": "..defaults",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

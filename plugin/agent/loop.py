@@ -2,8 +2,8 @@
 
 All samples of a batch advance together: one batched policy call per step for every unfinished sample, one
 batched image-encoder pass per batch (the embedding is reused by every refinement). Answers are repaired where
-the meaning is clear and recorded in the step's notes (inverted box corners swapped, coordinates clamped into the
-image); an answer that cannot be read is retried once with sampling, and if it still cannot be read the trace
+the meaning is clear and recorded in the step's notes (`actions`: inverted box corners swapped, coordinates
+clamped into the image); an answer that cannot be read is retried once with sampling, and if it still cannot be read the trace
 ends with `EndReason.PARSE_FAILURE`, keeping the last good mask. One bad sample never stops the batch.
 """
 
@@ -14,11 +14,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..defaults import DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_SEGMENTER
+from .actions import answer_box, answer_clicks
 from .images import as_rgb
 from .overlay import OverlayStyle, policy_view
 from .parsing import AnswerError, ParsedAnswer, parse_grounding, parse_refinement
-from .policy import DEFAULT_POLICY, Policy, PolicyRequest, load_policy
-from .segmenter import DEFAULT_SEGMENTER, Segmenter, load_segmenter
+from .policy import Policy, PolicyRequest, load_policy
+from .segmenters import Segmenter, load_segmenter
 from .trace import Action, EndReason, Step, Trace
 
 
@@ -26,7 +28,7 @@ from .trace import Action, EndReason, Step, Trace
 class AgentConfig:
     """How the loop runs. `input_size` overrides the family's policy image size when given."""
 
-    max_steps: int = 3
+    max_steps: int = DEFAULT_MAX_STEPS
     parse_retries: int = 1
     input_size: tuple[int, int] | None = None
     overlay: OverlayStyle = field(default_factory=OverlayStyle)
@@ -159,17 +161,11 @@ class Agent:
                 step.action = Action.STOP
                 state.trace.end_reason = EndReason.AGENT_STOPPED
                 continue
-            size = state.trace.image_size
-            if answer.positive is not None:
-                step.positive = self._clamp_point(self.family.to_image(answer.positive, size), size, step, "positive")
-                state.points.append(step.positive)
-                state.labels.append(1)
-            if answer.negative is not None:
-                step.negative = self._clamp_point(self.family.to_image(answer.negative, size), size, step, "negative")
-                state.points.append(step.negative)
-                state.labels.append(0)
-            step.action = {(True, True): Action.POSITIVE_AND_NEGATIVE, (True, False): Action.POSITIVE,
-                           (False, True): Action.NEGATIVE}[(step.positive is not None, step.negative is not None)]
+            clicks = answer_clicks(answer, self.family, state.trace.image_size)
+            step.notes.extend(clicks.notes)
+            step.positive, step.negative, step.action = clicks.positive, clicks.negative, clicks.action
+            state.points.extend(clicks.points)
+            state.labels.extend(clicks.labels)
             self._segment(state, step)
 
     def _ask(self, requests: list[PolicyRequest], parse: Callable[[str], ParsedAnswer]):
@@ -197,29 +193,12 @@ class Agent:
             return text, None, [], str(exc)
 
     def _set_box(self, state: _State, answer: ParsedAnswer, step: Step) -> str | None:
-        """Map the box to image pixels, swap inverted corners, clamp it into the image; an error if nothing is left."""
-        width, height = state.trace.image_size
-        x1, y1, x2, y2 = self.family.box_to_image(answer.box, (width, height))
-        if x1 > x2 or y1 > y2:
-            step.notes.append("inverted box corners swapped")
-            x1, x2 = sorted((x1, x2))
-            y1, y2 = sorted((y1, y2))
-        clamped = (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
-                   min(max(x2, 0.0), width), min(max(y2, 0.0), height))
-        if clamped != (x1, y1, x2, y2):
-            step.notes.append("box clamped into the image")
-        if clamped[2] <= clamped[0] or clamped[3] <= clamped[1]:  # any area counts: a 1x1 image's boxes are sub-pixel
-            return f"box {list(answer.box)} has no area inside the image"
-        state.box = step.box = clamped
-        return None
-
-    @staticmethod
-    def _clamp_point(xy: tuple[float, float], size: tuple[int, int], step: Step, name: str) -> tuple[float, float]:
-        x = min(max(xy[0], 0.0), size[0] - 1.0)
-        y = min(max(xy[1], 0.0), size[1] - 1.0)
-        if (x, y) != tuple(xy):
-            step.notes.append(f"{name} point clamped into the image")
-        return (x, y)
+        """The answer's box in image pixels, repaired (`answer_box`); an error if nothing is left of it."""
+        action = answer_box(answer, self.family, state.trace.image_size)
+        step.notes.extend(action.notes)
+        if action.error is None:
+            state.box = step.box = action.box
+        return action.error
 
     def _segment(self, state: _State, step: Step) -> None:
         result = self.segmenter.segment(state.embedding, state.box, state.points, state.labels, state.logits)

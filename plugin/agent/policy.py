@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..defaults import DEFAULT_POLICY, MAX_NEW_TOKENS
 from .prompts import ModelFamily, family_for
 
-DEFAULT_POLICY = "Qwen/Qwen2.5-VL-7B-Instruct"
 FAMILY_FILE = "sam_veteran.json"  # in a policy folder: {"family": name}, the prompt family it was trained with
 
 
@@ -62,7 +62,7 @@ class PromptTooLongError(ValueError):
 class TransformersPolicy:
     """A Qwen2-VL / Qwen2.5-VL / Qwen3-VL model through `transformers`, generating in batches."""
 
-    def __init__(self, model, processor, family: ModelFamily | None = None, max_new_tokens: int = 512,
+    def __init__(self, model, processor, family: ModelFamily | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
                  batch_size: int = 8, temperature: float = 0.7) -> None:
         self.model = model.eval()
         self.processor = processor

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..defaults import TINY_FAMILIES, cache_dir
 from .prompts import FAMILIES
-from .segmenter import build_sam
+from .segmenters.sam import build_sam
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -145,7 +146,7 @@ def build_tiny_sam2(seed: int = 0, image_size: int = TINY_SAM2_IMAGE_SIZE):
     return model, processor
 
 
-def write_tiny_models(directory: str | os.PathLike, families: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl"),
+def write_tiny_models(directory: str | os.PathLike, families: tuple[str, ...] = TINY_FAMILIES,
                       seed: int = 0) -> dict[str, Path]:
     """Write tiny policies (one folder per family), a tiny SAM checkpoint and a tiny SAM 2 folder into `directory`.
 
@@ -172,3 +173,14 @@ def write_tiny_models(directory: str | os.PathLike, families: tuple[str, ...] = 
     processor.save_pretrained(directory / TINY_SAM2_DIRNAME)
     paths["segmenter-sam2"] = directory / TINY_SAM2_DIRNAME
     return paths
+
+
+def tiny_model_paths(directory: Path | None = None) -> tuple[str, str]:
+    """(policy folder, segmenter checkpoint) of the tiny models in `directory` (default: the cache's ``tiny/``),
+    written on first use: what ``--tiny`` runs on (demo, run, train)."""
+    directory = directory or cache_dir() / "tiny"
+    policy = directory / TINY_POLICY_DIRNAME.format(family="qwen2_5_vl")
+    segmenter = directory / TINY_SEGMENTER_FILENAME
+    if not (policy / "config.json").exists() or not segmenter.exists():
+        write_tiny_models(directory)
+    return str(policy), str(segmenter)

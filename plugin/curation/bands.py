@@ -2,7 +2,8 @@
 
 Band ``i`` holds the IoUs with ``IOU_BAND_EDGES[i] <= iou < IOU_BAND_EDGES[i + 1]``; the last band also holds
 an IoU of exactly 1. Ten bands of 0.1, the bins of the evaluation's IoU histogram (`ReasonSegResults.histogram`,
-which the panel plots and filters by): the edges are NumPy's own (``np.linspace``), so an IoU that lies exactly on
+which the panel plots and filters by): `histogram_edges` gives the histogram these very edges (``np.linspace``
+rounded to 12 decimals, so 0.3 is 0.3 and not 0.30000000000000004 in a report), so an IoU that lies exactly on
 an edge falls in the same band for a tag, a bar and a filter. Anything that tags, counts or filters by band
 imports these names.
 """
@@ -11,7 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-IOU_BAND_EDGES: tuple[float, ...] = tuple(float(edge) for edge in np.linspace(0.0, 1.0, 11))
+
+
+def histogram_edges(bins: int) -> np.ndarray:
+    """`bins` equal bins over [0, 1]: the evaluation histogram's edges (ten bins: the bands')."""
+    return np.round(np.linspace(0.0, 1.0, bins + 1), 12)
+
+
+IOU_BAND_EDGES: tuple[float, ...] = tuple(float(edge) for edge in histogram_edges(10))
 
 
 def band_index(iou: float | None) -> int | None:

@@ -29,11 +29,15 @@ from dataclasses import dataclass
 import fiftyone.core.fields as fof
 import numpy as np
 
-from ..labels import placed_crop
+from ..agent.trace import EndReason
+from ..defaults import DEFAULT_LABEL_FIELD
+from ..labels import FAILURES, AgentFields, placed_crop
+from ..metrics import mask_iou
 
 DEFAULT_WEIGHTS = {"failure": 2.0, "step_cap": 1.0, "confidence": 1.0, "step_change": 1.0, "disagreement": 1.0}
 CHUNK = 128  # samples whose masks are in memory at once
-REASONS = ("not_run", "parse_failure", "invalid_input", "step_cap", "low_confidence", "large_change", "disagreement")
+RUN_REASONS = (*FAILURES, EndReason.STEP_CAP)  # the end reasons that are review reasons too
+REASONS = ("not_run", *(r.value for r in RUN_REASONS), "low_confidence", "large_change", "disagreement")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Thresholds:
     disagreement: float = 0.5
 
 
-def triage(samples, label_field: str = "veteran", compare_field: str | None = None, key: str | None = None,
+def triage(samples, label_field: str = DEFAULT_LABEL_FIELD, compare_field: str | None = None, key: str | None = None,
            weights: dict[str, float] | None = None, thresholds: Thresholds = Thresholds()) -> dict:
     """Write the triage fields of `label_field` on `samples` (any collection) and return a summary.
 
@@ -55,10 +59,11 @@ def triage(samples, label_field: str = "veteran", compare_field: str | None = No
     """
     key = key or f"{label_field}_triage"
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
-    mask_field = f"{label_field}_mask"
+    run = AgentFields(label_field)
+    mask_field = run.mask
     if not samples.has_field(mask_field):
         raise ValueError(f"no field {mask_field!r}: run the agent with label_field={label_field!r} first")
-    steps_field = f"{label_field}_steps.detections" if samples.has_field(f"{label_field}_steps") else None
+    steps_field = f"{run.steps}.detections" if samples.has_field(run.steps) else None
     other_field = _segmentation_field(samples, compare_field) if compare_field else None
     ids = samples.values("id")
     rows = []
@@ -85,7 +90,7 @@ def triage(samples, label_field: str = "veteran", compare_field: str | None = No
             "reasons": {reason: n for reason, n in counts.items() if n}}
 
 
-def review_order(samples, label_field: str = "veteran", key: str | None = None):
+def review_order(samples, label_field: str = DEFAULT_LABEL_FIELD, key: str | None = None):
     """`samples` sorted by the triage score, the samples to review first at the top."""
     return samples.sort_by(f"{key or label_field + '_triage'}_score", reverse=True)
 
@@ -100,18 +105,6 @@ def step_masks(detections, width: int, height: int) -> list[np.ndarray]:
             full[y:y + crop.shape[0], x:x + crop.shape[1]] = crop.astype(bool)
         out.append(full)
     return out
-
-
-def mask_iou(a: np.ndarray | None, b: np.ndarray | None) -> float:
-    """IoU of two binary masks of one image; a missing mask is empty, two empty masks agree (1.0)."""
-    if a is None and b is None:
-        return 1.0
-    a = np.zeros_like(b, dtype=bool) if a is None else a.astype(bool)
-    b = np.zeros_like(a, dtype=bool) if b is None else b.astype(bool)
-    if a.shape != b.shape:
-        raise ValueError(f"masks of different sizes {a.shape} and {b.shape}")
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 def _declare_field(samples, field: str, ftype, **kwargs) -> None:
@@ -134,10 +127,10 @@ def _step(detection) -> int:
 
 def _segmentation_field(samples, field: str) -> str:
     """The Segmentation field of a comparison run: ``<field>_mask`` for an agent label field, else `field` itself."""
-    for candidate in (f"{field}_mask", field):
+    for candidate in (AgentFields(field).mask, field):
         if samples.has_field(candidate):
             return candidate
-    raise ValueError(f"no field {field!r} or {field + '_mask'!r} to compare with")
+    raise ValueError(f"no field {field!r} or {AgentFields(field).mask!r} to compare with")
 
 
 def _triage_one(mask_label, detections, other_label, compare: bool, weights: dict, thresholds: Thresholds) -> dict:
@@ -146,9 +139,8 @@ def _triage_one(mask_label, detections, other_label, compare: bool, weights: dic
                 "score": None}
     final = _binary(mask_label)
     end_reason = mask_label["end_reason"] if mask_label.has_field("end_reason") else None
-    reasons = [end_reason] if end_reason in ("parse_failure", "invalid_input", "step_cap") else []
-    risks = {"failure": float(end_reason in ("parse_failure", "invalid_input")),
-             "step_cap": float(end_reason == "step_cap")}
+    reasons = [end_reason] if end_reason in RUN_REASONS else []
+    risks = {"failure": float(end_reason in FAILURES), "step_cap": float(end_reason == EndReason.STEP_CAP)}
 
     confidences = [d.confidence for d in sorted(detections or [], key=_step)]
     confidence = confidences[-1] if confidences and final is not None else None

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..metrics import IGNORE  # noqa: F401  (the importers and exporters read it from here)
+
 logger = logging.getLogger(__name__)
 
-IGNORE = 255
 COORDINATE_TOLERANCE = 1.0  # pixels a polygon point may lie outside the image (annotation tools snap to the edge)
 CHUNK = 64
 _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height

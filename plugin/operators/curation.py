@@ -8,12 +8,9 @@ import fiftyone.operators.types as types
 from ..curation.tagging import tag_from_evaluation
 from ..curation.triage import Thresholds, review_order, triage
 from .common import add_target_view, call_operator, execution_options, target_view
+from ..defaults import DEFAULT_LABEL_FIELD
+from ..labels import agent_runs
 from .evaluate import segmentation_fields
-
-
-def agent_fields(dataset) -> list[str]:
-    """Label fields of agent runs (``veteran`` for ``veteran_mask`` + ``veteran_steps``)."""
-    return [name for name in segmentation_fields(dataset) if dataset.has_field(f"{name}_steps")]
 
 
 class Triage(foo.Operator):
@@ -26,7 +23,7 @@ class Triage(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         add_target_view(ctx, inputs, "Triage")
-        runs = agent_fields(ctx.dataset)
+        runs = agent_runs(ctx.dataset)
         if not runs:
             inputs.view("none", types.Warning(label="No agent run on this dataset: run SAM-Veteran first"))
             return types.Property(inputs)
@@ -67,7 +64,7 @@ class Triage(foo.Operator):
         outputs.str("reasons", label="Samples per reason")
         return types.Property(outputs)
 
-    def __call__(self, sample_collection, label_field: str = "veteran", compare_field: str | None = None,
+    def __call__(self, sample_collection, label_field: str = DEFAULT_LABEL_FIELD, compare_field: str | None = None,
                  low_confidence: float = Thresholds.low_confidence, large_change: float = Thresholds.large_change,
                  delegate: bool = False):
         return call_operator(self.uri, sample_collection,

@@ -7,6 +7,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..evaluation import evaluate
+from ..labels import AgentFields, agent_runs
 from ..metrics import CONVENTIONS, DEFAULT_CONVENTION
 from .common import add_target_view, call_operator, execution_options, target_view
 
@@ -15,9 +16,8 @@ def segmentation_fields(dataset) -> list[str]:
     """Segmentation fields of the dataset, agent results first by their label-field name (``veteran``)."""
     fields = [name for name, field in dataset.get_field_schema().items()
               if issubclass(getattr(field, "document_type", object), fo.Segmentation)]
-    agents = [name[: -len("_mask")] for name in fields
-              if name.endswith("_mask") and dataset.has_field(name[: -len("_mask")] + "_steps")]
-    return agents + [name for name in fields if name not in {f"{a}_mask" for a in agents}]
+    agents = agent_runs(dataset)
+    return agents + [name for name in fields if name not in {AgentFields(a).mask for a in agents}]
 
 
 class Evaluate(foo.Operator):

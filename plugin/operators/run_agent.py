@@ -1,4 +1,4 @@
-"""Run SAM-Veteran: the App form over `sam_veteran.run_agent` (resumable, per-batch writes, failures recorded)."""
+"""SAM-Veteran: Run agent, the App form over `sam_veteran.run_agent` (resumable, per-batch writes, failures recorded)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,18 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ..agent import DEFAULT_POLICY
-from ..agent.segmenter import DEFAULT_SEGMENTER
+from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_MAX_STEPS, DEFAULT_POLICY,
+                        DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
 from ..inference import RunProgress, iter_run_agent
 from ..labels import has_results, label_fields
 from .common import add_target_view, call_operator, execution_options, report_progress, target_view
-
-MAX_NEW_TOKENS = 512  # TransformersPolicy's default answer-length cap
 
 
 def text_fields(dataset) -> list[str]:
     """The string fields of the dataset, the usual query field first."""
     fields = [name for name, field in dataset.get_field_schema().items()
               if isinstance(field, fo.StringField) and name != "filepath"]
-    return sorted(fields, key=lambda name: name != "query")
+    return sorted(fields, key=lambda name: name != DEFAULT_PROMPT_FIELD)
 
 
 def progress_label(progress: RunProgress) -> str:
@@ -30,39 +28,39 @@ def progress_label(progress: RunProgress) -> str:
 class RunSamVeteran(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="run_sam_veteran", label="Run SAM-Veteran",
+        return foo.OperatorConfig(name="run_sam_veteran", label="SAM-Veteran: Run agent",
                                   description="Segment each sample's query with the SAM-Veteran agent, step by step",
                                   icon="auto_fix_high", dynamic=True, execute_as_generator=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        add_target_view(ctx, inputs, "Run SAM-Veteran on")
+        add_target_view(ctx, inputs, "Run the agent on")
         queries = text_fields(ctx.dataset)
         if not queries:
             inputs.view("none", types.Warning(label="This dataset has no text field to read queries from"))
             return types.Property(inputs)
         inputs.enum("prompt_field", queries, default=queries[0], required=True, label="Query field",
                     description="the sample field holding each free-form query", view=types.DropdownView())
-        inputs.str("label_field", default="veteran", required=True, label="Label field",
+        inputs.str("label_field", default=DEFAULT_LABEL_FIELD, required=True, label="Label field",
                    description="writes <field>_mask, <field>_steps and <field>_clicks")
         inputs.str("policy", default=DEFAULT_POLICY, required=True, label="Policy",
                    description="a Hugging Face hub id or a local checkpoint folder (Qwen2/2.5/3-VL)")
         inputs.str("segmenter", default=DEFAULT_SEGMENTER, required=True, label="Segmenter",
-                   description="a SAM checkpoint file (.pth / .safetensors) or vit_h, vit_l, vit_b")
-        inputs.int("max_steps", default=3, min=0, label="Max refinement steps",
+                   description=SEGMENTER_HELP)
+        inputs.int("max_steps", default=DEFAULT_MAX_STEPS, min=0, label="Max refinement steps",
                    description="clicks the agent may make after its box")
-        inputs.int("batch_size", default=8, min=1, label="Batch size")
+        inputs.int("batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size")
         inputs.int("max_new_tokens", default=MAX_NEW_TOKENS, min=1, label="Longest answer (tokens)",
                    description="the policy's generation cap per step")
         inputs.bool("overwrite", default=False, label="Overwrite",
                     description="run again on samples that already have results (otherwise they are skipped)")
-        label_field = ctx.params.get("label_field") or "veteran"
+        label_field = ctx.params.get("label_field") or DEFAULT_LABEL_FIELD
         view = target_view(ctx)
         if not ctx.params.get("overwrite") and view.has_field(label_fields(label_field)["mask"]):
             done = view.match(has_results(label_field)).count()
             inputs.view("resume", types.Notice(label=f"{done} of {view.count()} samples already have results in "
                                                      f"'{label_field}' and will be skipped"))
-        return types.Property(inputs, view=types.View(label="Run SAM-Veteran"))
+        return types.Property(inputs, view=types.View(label="SAM-Veteran: Run agent"))
 
     def resolve_execution_options(self, ctx):
         return execution_options(ctx)
@@ -75,9 +73,11 @@ class RunSamVeteran(foo.Operator):
     def _runs(self, ctx):
         p = ctx.params
         return iter_run_agent(target_view(ctx), policy=p.get("policy", DEFAULT_POLICY),
-                              segmenter=p.get("segmenter", DEFAULT_SEGMENTER), max_steps=p.get("max_steps", 3),
-                              label_field=p.get("label_field", "veteran"), prompt_field=p.get("prompt_field", "query"),
-                              batch_size=p.get("batch_size", 8), overwrite=p.get("overwrite", False),
+                              segmenter=p.get("segmenter", DEFAULT_SEGMENTER),
+                              max_steps=p.get("max_steps", DEFAULT_MAX_STEPS),
+                              label_field=p.get("label_field", DEFAULT_LABEL_FIELD),
+                              prompt_field=p.get("prompt_field", DEFAULT_PROMPT_FIELD),
+                              batch_size=p.get("batch_size", DEFAULT_BATCH_SIZE), overwrite=p.get("overwrite", False),
                               max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS))
 
     def _run(self, ctx) -> dict:
@@ -94,8 +94,9 @@ class RunSamVeteran(foo.Operator):
         yield ctx.ops.reload_dataset()
 
     def __call__(self, sample_collection, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
-                 label_field: str = "veteran", prompt_field: str = "query", max_steps: int = 3, batch_size: int = 8,
-                 overwrite: bool = False, max_new_tokens: int = MAX_NEW_TOKENS, delegate: bool = False):
+                 label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
+                 max_steps: int = DEFAULT_MAX_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False,
+                 max_new_tokens: int = MAX_NEW_TOKENS, delegate: bool = False):
         params = {"policy": policy, "segmenter": segmenter, "label_field": label_field,
                   "prompt_field": prompt_field, "max_steps": max_steps, "batch_size": batch_size,
                   "overwrite": overwrite, "max_new_tokens": max_new_tokens}

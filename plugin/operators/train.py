@@ -1,4 +1,4 @@
-"""Train SAM-Veteran: queue a delegated GRPO training run on the current view (the App form over `trainer.train`).
+"""SAM-Veteran: Train policy, queue a delegated GRPO training run on the current view (the App form over `trainer.train`).
 
 Training takes hours on a GPU, so the operator only offers delegated execution: the run waits in the queue for a
 worker (`fiftyone delegated launch`). The view is stored in the run's config (dataset name + serialized stages),
@@ -11,6 +11,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionOptions
 
+from ..defaults import SEGMENTER_HELP
 from .common import add_target_view, call_operator, target_view
 
 
@@ -41,7 +42,7 @@ def training_config(view, params: dict):
 class TrainSamVeteran(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="train", label="Train SAM-Veteran",
+        return foo.OperatorConfig(name="train", label="SAM-Veteran: Train policy",
                                   description="queue a multi-task GRPO training run of the policy on these samples",
                                   icon="model_training", dynamic=True)
 
@@ -51,7 +52,7 @@ class TrainSamVeteran(foo.Operator):
         inputs.str("config", label="Config file (YAML)",
                    description="a training config such as trainer/configs/one_gpu_lora.yaml; empty = the defaults")
         inputs.str("policy", label="Policy", description="hub id or folder to start from (overrides the config)")
-        inputs.str("segmenter", label="Segmenter", description="SAM checkpoint or vit_h / vit_l / vit_b")
+        inputs.str("segmenter", label="Segmenter", description=SEGMENTER_HELP)
         inputs.str("output_dir", required=True, label="Output folder",
                    description="checkpoints, final/ (loadable by SamVeteranModel), metrics.jsonl, TensorBoard runs/")
         inputs.int("max_steps", label="Max steps", description="empty = the config's epochs")
@@ -61,7 +62,7 @@ class TrainSamVeteran(foo.Operator):
                     label="Query field", view=types.DropdownView())
         inputs.str("gt_field", default="ground_truth", label="Ground-truth mask field (fo.Segmentation)")
         inputs.bool("tiny", default=False, label="Tiny local models (a smoke test, no download)")
-        return types.Property(inputs, view=types.View(label="Train SAM-Veteran"))
+        return types.Property(inputs, view=types.View(label="SAM-Veteran: Train policy"))
 
     def resolve_execution_options(self, ctx):
         return ExecutionOptions(allow_immediate_execution=False, allow_delegated_execution=True,

@@ -15,6 +15,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
+from ..curation.bands import IOU_BAND_EDGES, band_bounds, band_filter
 from ..evaluation import RUN_TYPE
 
 NONE = "(none)"
@@ -30,7 +31,7 @@ def reasonseg_evaluations(dataset) -> list[str]:
 class EvaluationPanel(foo.Panel):
     @property
     def config(self):
-        return foo.PanelConfig(name="sam_veteran_evaluation", label="SAM-Veteran evaluation", icon="ssid_chart",
+        return foo.PanelConfig(name="sam_veteran_evaluation", label="SAM-Veteran: Evaluation", icon="ssid_chart",
                                surfaces="grid", help_markdown="gIoU / cIoU, the refinement curve, the IoU "
                                "histogram and stop rates of SAM-Veteran evaluations. Click a bar or point to "
                                "see those samples, worst first.")
@@ -65,12 +66,10 @@ class EvaluationPanel(foo.Panel):
 
     def on_click_histogram(self, ctx):
         key, index = _point(ctx)
-        bins = ctx.dataset.load_evaluation_results(key).histogram()
-        low, high = bins[index]["low"], bins[index]["high"]
-        iou = F(f"{key}_iou")
-        upper = (iou <= high) if index == len(bins) - 1 else (iou < high)
-        view = ctx.dataset.load_evaluation_view(key).match((iou >= low) & upper).sort_by(f"{key}_iou")
-        self._show(ctx, view, f"{key}: final IoU in [{low:.1f}, {high:.1f}{']' if index == len(bins) - 1 else ')'}")
+        view = ctx.dataset.load_evaluation_view(key).match(band_filter(f"{key}_iou", index)).sort_by(f"{key}_iou")
+        low, high = band_bounds(index)
+        closed = "]" if index == len(IOU_BAND_EDGES) - 2 else ")"
+        self._show(ctx, view, f"{key}: final IoU in [{low:.1f}, {high:.1f}{closed}")
 
     def on_click_curve(self, ctx):
         key, step = _point(ctx)

@@ -425,7 +425,7 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
     (output / "config.json").write_text(json.dumps(asdict(config), indent=1))
     segmenter = None
     if config.segmenter and config.refine_share > 0:
-        from ...plugin.agent.segmenter import SamSegmenter
+        from ...plugin.agent.segmenters import SamSegmenter
 
         segmenter = SamSegmenter.from_checkpoint(config.segmenter, device="cpu")
     source = ItemSource(config, segmenter)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ...plugin.agent.clicks import next_click
-from ...plugin.agent.segmenter import SamSegmenter, build_sam
+from ...plugin.agent.segmenters import SamSegmenter, build_sam
 from ...plugin.scenes import make_scene
 from ..rewards import mask_box, mask_iou
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from .segmenter import SAM2_MODEL_TYPES, SegmentResult
+from .base import SegmentResult
+from .dispatch import SAM2_MODEL_TYPES
 
 if TYPE_CHECKING:
     from transformers import Sam2Model, Sam2Processor

@@ -1,21 +1,19 @@
-"""The segmenter: Meta's Segment Anything turning a box, clicks and the previous mask into a mask.
+"""Meta's Segment Anything (v1) turning a box, clicks and the previous mask into a mask.
 
 `encode` runs the heavy image encoder once per image (batched); `segment` runs only the light prompt encoder and
 mask decoder, so every refinement step reuses the embedding. Checkpoints load with `torch.load(weights_only=True)`
 or safetensors: a checkpoint can never run code. The architecture (vit_h / vit_l / vit_b / the local tiny one)
-is read from the checkpoint's own tensor shapes. `load_segmenter` picks the backend (this one or SAM 2 in
-`sam2.py`) from what a spec names.
+is read from the checkpoint's own tensor shapes (`ARCHITECTURES`); a model type name resolves to Meta's file in
+the cache, downloaded once.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,8 +21,10 @@ from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncod
                                        TwoWayTransformer)
 from segment_anything.utils.transforms import ResizeLongestSide
 
-DEFAULT_SEGMENTER = "vit_h"
-CHECKPOINT_URLS = {
+from ...defaults import DEFAULT_SEGMENTER, cache_dir
+from .base import SegmentResult
+
+CHECKPOINT_URLS = {  # keys: dispatch.SAM_MODEL_TYPES
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
@@ -128,7 +128,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     if name not in CHECKPOINT_URLS:
         raise FileNotFoundError(f"segmenter checkpoint not found: {checkpoint} (or give one of {sorted(CHECKPOINT_URLS)})")
     url = CHECKPOINT_URLS[name]
-    cache = Path(os.environ.get("SAM_VETERAN_CACHE", Path.home() / ".cache" / "sam_veteran"))
+    cache = cache_dir()
     target = cache / url.rsplit("/", 1)[1]
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -144,24 +144,6 @@ class ImageEmbedding:
     features: torch.Tensor  # (1, C, h, w)
     original_size: tuple[int, int]  # (height, width)
     input_size: tuple[int, int]  # (height, width) after resizing the longest side
-
-
-@dataclass
-class SegmentResult:
-    mask: np.ndarray  # (H, W) bool at original size
-    score: float  # the decoder's predicted IoU
-    logits: torch.Tensor  # (1, 1, h, w) low-resolution logits, fed back as the next step's mask prompt
-
-
-class Segmenter(Protocol):
-    """What the agent needs from a segmenter (`SamSegmenter`, `Sam2Segmenter`). An embedding is opaque to the
-    caller: each backend's `encode` returns its own kind (`ImageEmbedding`, `Sam2Embedding`) and `segment` takes
-    it back."""
-
-    def encode(self, images: Sequence[np.ndarray]) -> list[Any]: ...
-
-    def segment(self, embedding: Any, box: Sequence[float], points: Sequence[Sequence[float]] = (),
-                labels: Sequence[int] = (), mask_logits: torch.Tensor | None = None) -> SegmentResult: ...
 
 
 class SamSegmenter:
@@ -219,47 +201,3 @@ class SamSegmenter:
         masks = self.sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         mask = (masks[0, 0] > self.mask_threshold).cpu().numpy()
         return SegmentResult(mask=mask, score=float(iou[0, 0]), logits=low_res)
-
-
-SAM2_MODEL_TYPES = ("sam2", "sam2_video")  # the released hub checkpoints are sam2_video; Sam2Model reads both
-SAM2_HUB_ID = re.compile(r"[\w.-]+/sam2[\w.-]*", re.IGNORECASE)
-
-
-def segmenter_kind(spec: str | os.PathLike) -> str:
-    """``"sam"`` or ``"sam2"``: which backend a segmenter spec names, without loading anything.
-
-    A file is a segment-anything checkpoint, and so is a missing path ending ``.pth``/``.pt``/``.safetensors`` or a
-    model type (``vit_h``...; `resolve_checkpoint` explains what is missing); a folder is SAM 2 when its
-    config.json says ``model_type`` ``sam2`` or ``sam2_video``; a hub id whose name starts with ``sam2``
-    (``facebook/sam2.1-hiera-large``) is SAM 2.
-    """
-    path = Path(spec).expanduser()
-    name = str(spec)
-    if path.is_dir():
-        config = path / "config.json"
-        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-        if model_type in SAM2_MODEL_TYPES:
-            return "sam2"
-        found = f"model_type {model_type!r} in its config.json" if config.is_file() else "no config.json"
-        raise ValueError(f"segmenter folder {path} is not a SAM 2 model ({found}); a SAM 2 folder has a "
-                         f"config.json with model_type one of {list(SAM2_MODEL_TYPES)}")
-    if path.is_file() or name in CHECKPOINT_URLS or path.suffix in (".pth", ".pt", ".safetensors"):
-        return "sam"
-    if SAM2_HUB_ID.fullmatch(name):
-        return "sam2"
-    raise ValueError(f"unknown segmenter {name!r}: give a SAM checkpoint file (.pth or .safetensors), one of "
-                     f"{sorted(CHECKPOINT_URLS)}, a SAM 2 folder, or a SAM 2 hub id such as "
-                     "facebook/sam2.1-hiera-large")
-
-
-def load_segmenter(spec: str | os.PathLike = DEFAULT_SEGMENTER, device: str | None = None, **kwargs) -> Segmenter:
-    """The segmenter a spec names (see `segmenter_kind`): `SamSegmenter` or `Sam2Segmenter`, on `device`;
-    ``"mini"`` is the shipped mini segmenter (`shipped.py`)."""
-    from .shipped import shipped_path
-
-    spec = shipped_path(spec, "segmenter")
-    if segmenter_kind(spec) == "sam2":
-        from .sam2 import Sam2Segmenter
-
-        return Sam2Segmenter.from_pretrained(spec, device=device, **kwargs)
-    return SamSegmenter.from_checkpoint(spec, device=device, **kwargs)
