@@ -265,7 +265,9 @@ def add_run(subparsers) -> None:
     parser.add_argument("--segmenter", help=SEGMENTER_HELP)
     parser.add_argument("--label-field", default="veteran", help="writes LABEL_mask, LABEL_steps, LABEL_clicks")
     parser.add_argument("--prompt-field", default="query", help="the sample field holding each query")
-    parser.add_argument("--max-steps", type=int, default=3)
+    parser.add_argument("--family", help="the policy's prompts and answer format: qwen2_5_vl, qwen2_vl, qwen3_vl, "
+                                         "seg_zero, vision_reasoner (default: a known hub id's, else its model type)")
+    parser.add_argument("--max-steps", type=int, help="refinement steps (default: the family's, 3; 0 for peers)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--overwrite", action="store_true", help="run again on samples that already have results")
@@ -276,12 +278,13 @@ def add_run(subparsers) -> None:
 def run_agent_command(args) -> int:
     from .plugin.agent import DEFAULT_POLICY
     from .plugin.agent.segmenter import DEFAULT_SEGMENTER
+    from .plugin.agent.prompts import get_family
     from .plugin.inference import run_agent
 
+    policy_kwargs = {"family": get_family(args.family)} if args.family else {}
     view = load_view(args)
     if args.limit is not None:
         view = view.limit(args.limit)
-    policy_kwargs = {}
     if args.tiny:
         policy, segmenter = tiny_model_paths()
         policy_kwargs["max_new_tokens"] = TINY_MAX_NEW_TOKENS

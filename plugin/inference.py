@@ -51,12 +51,13 @@ class RunProgress:
 
 
 def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str = DEFAULT_POLICY,
-                   segmenter: str = DEFAULT_SEGMENTER, max_steps: int = 3, device: str | None = None,
+                   segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None, device: str | None = None,
                    label_field: str = "veteran", prompt_field: str = "query", batch_size: int = 8,
                    overwrite: bool = False, **policy_kwargs) -> Iterator[RunProgress]:
     """Run the agent batch by batch, writing each batch when it finishes; yields progress after each batch.
 
-    `model` is used when given; otherwise one is loaded from `policy` and `segmenter` (only if a sample needs it).
+    `model` is used when given; otherwise one is loaded from `policy` and `segmenter` (only if a sample needs it),
+    with `policy_kwargs` such as ``family="seg_zero"``; `max_steps` None is the family's default.
     """
     started = time.perf_counter()
     if samples.get_field(prompt_field) is None:

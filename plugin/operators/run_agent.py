@@ -7,12 +7,14 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..agent import DEFAULT_POLICY
+from ..agent.prompts import family_names
 from ..agent.segmenter import DEFAULT_SEGMENTER
 from ..inference import RunProgress, iter_run_agent
 from ..labels import has_results, label_fields
 from .common import add_target_view, call_operator, execution_options, report_progress, target_view
 
 MAX_NEW_TOKENS = 512  # TransformersPolicy's default answer-length cap
+AUTO_FAMILY = "auto"  # the policy's known family (hub id), else its model type
 
 
 def text_fields(dataset) -> list[str]:
@@ -49,8 +51,11 @@ class RunSamVeteran(foo.Operator):
                    description="a Hugging Face hub id or a local checkpoint folder (Qwen2/2.5/3-VL)")
         inputs.str("segmenter", default=DEFAULT_SEGMENTER, required=True, label="Segmenter",
                    description="a SAM checkpoint file (.pth / .safetensors) or vit_h, vit_l, vit_b")
-        inputs.int("max_steps", default=3, min=0, label="Max refinement steps",
-                   description="clicks the agent may make after its box")
+        inputs.enum("family", [AUTO_FAMILY, *family_names()], default=AUTO_FAMILY, label="Policy family",
+                    description="prompts and answer format: auto = the known family of the hub id (Seg-Zero, "
+                                "VisionReasoner), else the checkpoint's model type", view=types.DropdownView())
+        inputs.int("max_steps", min=0, label="Max refinement steps",
+                   description="clicks the agent may make after its box (empty = the family's: 3, 0 for peers)")
         inputs.int("batch_size", default=8, min=1, label="Batch size")
         inputs.int("max_new_tokens", default=MAX_NEW_TOKENS, min=1, label="Longest answer (tokens)",
                    description="the policy's generation cap per step")
@@ -74,11 +79,13 @@ class RunSamVeteran(foo.Operator):
 
     def _runs(self, ctx):
         p = ctx.params
+        family = p.get("family") or AUTO_FAMILY
+        policy_kwargs = {} if family == AUTO_FAMILY else {"family": family}
         return iter_run_agent(target_view(ctx), policy=p.get("policy", DEFAULT_POLICY),
-                              segmenter=p.get("segmenter", DEFAULT_SEGMENTER), max_steps=p.get("max_steps", 3),
+                              segmenter=p.get("segmenter", DEFAULT_SEGMENTER), max_steps=p.get("max_steps"),
                               label_field=p.get("label_field", "veteran"), prompt_field=p.get("prompt_field", "query"),
                               batch_size=p.get("batch_size", 8), overwrite=p.get("overwrite", False),
-                              max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS))
+                              max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS), **policy_kwargs)
 
     def _run(self, ctx) -> dict:
         """Delegated: progress is stored on the operation; the summary is its result."""
@@ -94,9 +101,10 @@ class RunSamVeteran(foo.Operator):
         yield ctx.ops.reload_dataset()
 
     def __call__(self, sample_collection, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
-                 label_field: str = "veteran", prompt_field: str = "query", max_steps: int = 3, batch_size: int = 8,
-                 overwrite: bool = False, max_new_tokens: int = MAX_NEW_TOKENS, delegate: bool = False):
-        params = {"policy": policy, "segmenter": segmenter, "label_field": label_field,
+                 label_field: str = "veteran", prompt_field: str = "query", max_steps: int | None = None,
+                 batch_size: int = 8, overwrite: bool = False, max_new_tokens: int = MAX_NEW_TOKENS,
+                 family: str = AUTO_FAMILY, delegate: bool = False):
+        params = {"policy": policy, "segmenter": segmenter, "label_field": label_field, "family": family,
                   "prompt_field": prompt_field, "max_steps": max_steps, "batch_size": batch_size,
                   "overwrite": overwrite, "max_new_tokens": max_new_tokens}
         return call_operator(self.uri, sample_collection, params, delegate)
