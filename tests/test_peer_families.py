@@ -10,6 +10,7 @@ import json
 import re
 import uuid
 
+import fiftyone.operators as foo
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from sam_veteran.plugin.agent.prompts import (FAMILIES, KNOWN_POLICIES, PEER_FAM
 from sam_veteran.plugin.evaluation import evaluate
 from sam_veteran.plugin.inference import run_agent
 from sam_veteran.plugin.model import SamVeteranModel
+from sam_veteran.plugin.panels.evaluation import curve_traces
 
 SEG_ZERO, VISION_REASONER = PEER_FAMILIES["seg_zero"], PEER_FAMILIES["vision_reasoner"]
 
@@ -240,7 +242,23 @@ def test_peers_run_through_apply_model_and_run_agent_and_are_evaluated(dataset, 
         results = evaluate(dataset, f"{field}_mask", "ground_truth", eval_key=f"eval_{field}", protocol=field)
         assert results.metrics()["count"] >= 1
     assert {"eval_seg_zero", "eval_vision_reasoner"} <= set(dataset.list_evaluations())
-    assert dataset.load_evaluation_results("eval_seg_zero").metrics()["gIoU"] == 1.0  # scored against itself
+    loaded = dataset.load_evaluation_results("eval_seg_zero")
+    assert loaded.metrics()["gIoU"] == 1.0 and np.isnan(loaded.metrics()["cIoU"])  # scored against itself
+    traces = curve_traces({"eval_seg_zero": loaded, "eval_vision_reasoner": results})
+    assert [t["name"] for t in traces] == ["eval_seg_zero gIoU", "eval_vision_reasoner gIoU",
+                                           "eval_vision_reasoner cIoU"]  # no cIoU line where there is none
+    json.dumps(traces, allow_nan=False)
+
+
+def test_evaluate_operator_returns_no_cIoU_for_seg_zero(dataset, tiny_segmenter, installed_plugin):
+    seg_zero = SamVeteranModel(agent=Agent(PeerPolicy(SEG_ZERO, lambda p: SEG_ZERO_ANSWERS[0]), tiny_segmenter))
+    dataset.apply_model(seg_zero, label_field="seg_zero", prompt_field="query")
+    dataset.set_values("ground_truth", dataset.values("seg_zero_mask"))
+    result = foo.get_operator("@sam-veteran/fiftyone/evaluate")(dataset, "seg_zero", eval_key="op",
+                                                                 protocol="seg_zero")
+    assert result.error is None, result.error
+    assert result.result["gIoU"] == 1.0 and "cIoU" not in result.result
+    json.dumps(result.result, allow_nan=False)  # what the App receives is valid JSON
 
 
 def test_family_reaches_the_loaded_policy_and_sets_the_default_steps(tiny_models, tiny_segmenter):
