@@ -167,3 +167,27 @@ def test_the_cases_that_tell_the_conventions_apart():
                                                   "count": 1}
     assert _ours([(empty, empty)], "vision_reasoner")["gIoU"] == vision_reasoner_evaluate([(empty, empty)])[
         "gIoU"] == 0.0
+
+
+def test_evaluate_tells_missing_from_empty_predictions_and_keeps_that_when_reloaded(tmp_path):
+    import uuid
+
+    import fiftyone as fo
+
+    from sam_veteran.plugin.evaluation import evaluate
+
+    empty = np.zeros((6, 8), np.uint8)
+    found = empty.copy()
+    found[1:3, 2:5] = 1
+    dataset = fo.Dataset(f"peer-metrics-{uuid.uuid4().hex[:8]}")
+    dataset.add_samples([fo.Sample(filepath=str(tmp_path / f"{i}.png"), ground_truth=fo.Segmentation(mask=empty),
+                                   pred=None if prediction is None else fo.Segmentation(mask=prediction))
+                         for i, prediction in enumerate([empty, None, found])])
+    items = [(empty, empty), (None, empty), (found, empty)]
+    for convention, port in (("seg_zero", seg_zero_evaluate), ("vision_reasoner", vision_reasoner_evaluate)):
+        results = evaluate(dataset, "pred", eval_key=f"e_{convention}", protocol=convention)
+        for metrics in (results.metrics(), dataset.load_evaluation_results(f"e_{convention}").metrics()):
+            assert (metrics["gIoU"], metrics["count"]) == (port(items)["gIoU"], port(items)["count"])
+    assert evaluate(dataset, "pred", eval_key="e_lisa").metrics()["gIoU"] == pytest.approx(2 / 3)
+    assert dataset.values("e_seg_zero_iou") == [None, 0.0, 0.0]  # the empty-vs-empty item is left out
+    dataset.delete()
