@@ -12,8 +12,9 @@ for a no-target expression), decoded with pycocotools from any form REFER, G_REF
 list of RLE dicts, a bare RLE dict, counts uncompressed or compressed. A malformed form (an RLE whose runs do not
 cover the image exactly, a size that is not the image's, bad points) skips the ref with its reason.
 ``split="test"`` selects testA + testB (and any split naming test) as REFER's ``getRefIds`` does; see
-docs/formats.md for what matches the reference code exactly and what differs. The pickles are read with an unpickler that refuses every class:
-REFER's refs hold only lists, dicts, strings and numbers, so nothing in the file can run code.
+docs/formats.md for what matches the reference code exactly and what differs. The pickles are read with an
+unpickler that refuses every class: REFER's refs hold only lists, dicts, strings and numbers, so nothing in the
+file can run code.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def import_refcoco(data_root: str | Path, dataset: str = "refcocog", split_by: s
     """Import one split of a RefCOCO-family dataset into a new FiftyOne dataset and return it.
 
     `split_by` defaults to the dataset's usual one (umd for refcocog, unc otherwise); `split=None` imports every
-    split (``"test"``: every test split, as REFER selects). `images_dir` defaults to ``data_root/images/mscoco/images/train2014``. Sample fields: ``query`` (the
-    sentence), ``ground_truth`` (0/1), ``ref_id``, ``ann_ids``, ``image_id``, ``sent_id``, ``category_ids``,
-    ``no_target`` (True for an empty gRefCOCO expression); the split is the sample's tag. `first_text_only` keeps
-    only each ref's first sentence. Malformed refs are skipped and reported by ref id.
+    split (``"test"``: every test split, as REFER selects). `images_dir` defaults to
+    ``data_root/images/mscoco/images/train2014``. Sample fields: ``query`` (the sentence), ``ground_truth`` (0/1),
+    ``ref_id``, ``ann_ids`` (gRefCOCO: without crowds), ``image_id``, ``sent_id``, ``category_ids``, ``no_target``
+    (True for an empty gRefCOCO expression); the split is the sample's tag. `first_text_only` keeps only each
+    ref's first sentence. Malformed refs are skipped and reported by ref id.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
