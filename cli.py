@@ -13,6 +13,7 @@ import pickle
 import sys
 from pathlib import Path
 
+from .plugin.agent.prompts import family_names
 from .plugin.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_EVAL_KEY, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD,
                               DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER,
                               REFER_DATASETS, SEGMENTER_HELP, TINY_FAMILIES, TINY_MAX_NEW_TOKENS, cache_dir)
@@ -75,8 +76,11 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--tiny", action="store_true", help="use the local tiny models: no network, random answers")
     parser.add_argument("--policy", help=f"policy hub id or folder (default {DEFAULT_POLICY})")
     parser.add_argument("--segmenter", help=f"{SEGMENTER_HELP} (default {DEFAULT_SEGMENTER})")
-    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
-                        help=f"refinement steps (clicks) the agent may take after its box (default {DEFAULT_MAX_STEPS})")
+    parser.add_argument("--family", choices=family_names(),
+                        help="the policy's prompts and answer format (default: a known hub id's, else its model type)")
+    parser.add_argument("--max-steps", type=int,
+                        help=f"refinement steps (clicks) the agent may take after its box (default: the family's, "
+                             f"{DEFAULT_MAX_STEPS}; 0 for the peers' seg_zero and vision_reasoner)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
 
 
@@ -104,9 +108,10 @@ def models(args, say) -> tuple[str, str, dict]:
     downloaded and where, and fails at once when it cannot be."""
     from .plugin.agent.tiny import tiny_model_paths
 
+    family = {"family": args.family} if getattr(args, "family", None) else {}
     if args.tiny:
         policy, segmenter = tiny_model_paths()
-        return policy, segmenter, {"max_new_tokens": TINY_MAX_NEW_TOKENS}
+        return policy, segmenter, {"max_new_tokens": TINY_MAX_NEW_TOKENS, **family}
     from .plugin import downloads
 
     policy, segmenter = args.policy or DEFAULT_POLICY, args.segmenter or DEFAULT_SEGMENTER
@@ -118,7 +123,7 @@ def models(args, say) -> tuple[str, str, dict]:
     except downloads.DownloadUnavailable as exc:
         raise CommandError(str(exc), "--tiny runs the local tiny models offline; --policy and --segmenter take "
                                      "local checkpoints") from exc
-    return policy, segmenter, {}
+    return policy, segmenter, family
 
 
 def stderr_say(*parts) -> None:

@@ -137,6 +137,7 @@ class ReasonSegEvaluation(foe.EvaluationMethod):
         return ReasonSegResults(
             samples, config, eval_key, ids=ids,
             intersections=[s.intersection for s in scores], unions=[s.union for s in scores],
+            missing=[s.missing for s in scores],
             step_intersections=[[s.intersection for s in row] for row in step_scores],
             step_unions=[[s.union for s in row] for row in step_scores],
             stopped_by_agent=stopped, is_sentence=is_sentence, backend=self)
@@ -207,11 +208,12 @@ class ReasonSegResults(foe.EvaluationResults):
     """Per-sample intersections and unions (final and after every step) and the summaries built from them."""
 
     def __init__(self, samples, config, eval_key, ids, intersections, unions, step_intersections=None,
-                 step_unions=None, stopped_by_agent=None, is_sentence=None, backend=None):
+                 step_unions=None, stopped_by_agent=None, is_sentence=None, backend=None, missing=None):
         super().__init__(samples, config, eval_key, backend=backend)
         self.ids = list(ids)
         self.intersections = [int(v) for v in intersections]
         self.unions = [int(v) for v in unions]
+        self.missing = [bool(v) for v in (missing or [False] * len(self.ids))]  # no prediction at all
         self.step_intersections = [list(map(int, r)) for r in (step_intersections or [[] for _ in self.ids])]
         self.step_unions = [list(map(int, r)) for r in (step_unions or [[] for _ in self.ids])]
         self.stopped_by_agent = [bool(v) for v in (stopped_by_agent or [False] * len(self.ids))]
@@ -224,7 +226,7 @@ class ReasonSegResults(foe.EvaluationResults):
     @property
     def ious(self) -> np.ndarray:
         """Per-sample IoU of the final mask (NaN where the convention leaves the item out)."""
-        return item_ious(self.intersections, self.unions, self.protocol)
+        return item_ious(self.intersections, self.unions, self.protocol, self.missing)
 
     @property
     def step_ious(self) -> list[np.ndarray]:
@@ -237,7 +239,7 @@ class ReasonSegResults(foe.EvaluationResults):
 
     def metrics(self) -> dict:
         """``{"gIoU", "cIoU", "count"}`` over the evaluated samples (fractions in [0, 1])."""
-        return summarize_counts(self.intersections, self.unions, self.protocol)
+        return summarize_counts(self.intersections, self.unions, self.protocol, self.missing)
 
     def step_curve(self) -> list[dict]:
         """gIoU/cIoU after each step, every sample's last mask carried forward (samples without steps count with
@@ -245,11 +247,12 @@ class ReasonSegResults(foe.EvaluationResults):
         depth = max(self.num_steps, default=0)
         curve = []
         for step in range(depth):
-            inter, union = [], []
+            inter, union, missing = [], [], []
             for i, row_i, row_u in zip(range(len(self.ids)), self.step_intersections, self.step_unions):
                 inter.append(row_i[min(step, len(row_i) - 1)] if row_i else self.intersections[i])
                 union.append(row_u[min(step, len(row_u) - 1)] if row_u else self.unions[i])
-            summary = summarize_counts(inter, union, self.protocol)
+                missing.append(not row_i and self.missing[i])
+            summary = summarize_counts(inter, union, self.protocol, missing)
             curve.append({"step": step, "gIoU": summary["gIoU"], "cIoU": summary["cIoU"],
                           "refined": sum(n > step for n in self.num_steps)})
         return curve
@@ -274,7 +277,8 @@ class ReasonSegResults(foe.EvaluationResults):
             rows = [i for i, v in enumerate(self.is_sentence) if v is flag]
             if rows:
                 split[name] = summarize_counts([self.intersections[i] for i in rows],
-                                               [self.unions[i] for i in rows], self.protocol)
+                                               [self.unions[i] for i in rows], self.protocol,
+                                               [self.missing[i] for i in rows])
         return split
 
     def histogram(self, bins: int = HISTOGRAM_BINS) -> list[dict]:
@@ -291,10 +295,11 @@ class ReasonSegResults(foe.EvaluationResults):
 
     def attributes(self):
         return ["cls", "ids", "intersections", "unions", "step_intersections", "step_unions", "stopped_by_agent",
-                "is_sentence"]
+                "is_sentence", "missing"]
 
     @classmethod
     def _from_dict(cls, d, samples, config, eval_key, **kwargs):
         return cls(samples, config, eval_key, d["ids"], d["intersections"], d["unions"],
                    step_intersections=d.get("step_intersections"), step_unions=d.get("step_unions"),
-                   stopped_by_agent=d.get("stopped_by_agent"), is_sentence=d.get("is_sentence"), **kwargs)
+                   stopped_by_agent=d.get("stopped_by_agent"), is_sentence=d.get("is_sentence"),
+                   missing=d.get("missing"), **kwargs)

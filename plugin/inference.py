@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import fiftyone as fo
 
 from .agent import EndReason
-from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD,
+from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD,
                        DEFAULT_SEGMENTER)
 from .labels import LABEL_TYPES, has_results, label_fields
 from .model import SamVeteranModel, prepare_input, run_inputs
@@ -52,13 +52,14 @@ class RunProgress:
 
 
 def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str = DEFAULT_POLICY,
-                   segmenter: str = DEFAULT_SEGMENTER, max_steps: int = DEFAULT_MAX_STEPS, device: str | None = None,
+                   segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None, device: str | None = None,
                    label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    overwrite: bool = False, **policy_kwargs) -> Iterator[RunProgress]:
     """Run the agent batch by batch, writing each batch when it finishes; yields progress after each batch.
 
-    `model` is used when given; otherwise one is loaded from `policy` and `segmenter` (only if a sample needs it).
+    `model` is used when given; otherwise one is loaded from `policy` and `segmenter` (only if a sample needs it),
+    with `policy_kwargs` such as ``family="seg_zero"``; `max_steps` None is the family's default.
     """
     started = time.perf_counter()
     if samples.get_field(prompt_field) is None:

@@ -1,45 +1,58 @@
 """gIoU and cIoU under named protocol conventions; LISA's protocol, the field's reference, is the default.
 
 Each (image, query) item contributes its intersection and union. gIoU is the mean of per-item IoUs; cIoU is the
-sum of intersections over the sum of unions. A missing prediction counts as an empty one: IoU 0 against a
-non-empty ground truth, and its union (the ground-truth area) still counts in cIoU.
+sum of intersections over the sum of unions (0 when that sum is 0, as LISA's ``I / (U + 1e-10)`` gives). A missing
+prediction (no mask at all) counts as an empty one: IoU 0 against a non-empty ground truth, and its union (the
+ground-truth area) still counts in cIoU.
 
-Peers' published numbers differ by several points because of two choices, so both are named here:
+Peers' published numbers differ by several points because of a few choices, so each is named here. ``seg_zero``
+and ``vision_reasoner`` reproduce those repositories' evaluation scripts (they score ``mask.astype(bool)``, so
+pixels marked 255 count as target):
 
-| convention | pixels marked 255 in the ground truth | item with empty prediction and empty target |
-|---|---|---|
-| ``lisa`` (default) | excluded from intersection and union | IoU 1 |
-| ``empty_zero`` | excluded | IoU 0 |
-| ``skip_empty`` | excluded | left out of gIoU (adds nothing to cIoU either way) |
-| ``ignore_as_background`` | counted as background | IoU 1 |
+| convention | pixels marked 255 | empty prediction, empty target | missing prediction, empty target | cIoU |
+|---|---|---|---|---|
+| ``lisa`` (default) | excluded from intersection and union | IoU 1 | IoU 1 | yes |
+| ``empty_zero`` | excluded | IoU 0 | IoU 0 | yes |
+| ``skip_empty`` | excluded | left out of gIoU | left out of gIoU | yes |
+| ``ignore_as_background`` | counted as background | IoU 1 | IoU 1 | yes |
+| ``seg_zero`` | counted as target | left out of gIoU | IoU 0 | none (NaN) |
+| ``vision_reasoner`` | counted as target | IoU 0 | IoU 0 | yes |
 
-A set whose total union is 0 (only empty-vs-empty items) has the convention's empty-vs-empty value as cIoU
-(0 for ``skip_empty``).
+"Left out" items add nothing to cIoU either way (their union is 0). An empty set's gIoU is 0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
 IGNORE = 255  # the ground truth's "ignore" value (0 background, 1 target): the one definition
+EXCLUDE, BACKGROUND, TARGET = "exclude", "background", "target"  # what a pixel marked IGNORE counts as
 
 
 @dataclass(frozen=True)
 class Convention:
     name: str
-    empty_iou: float | None  # IoU of an empty-vs-empty item; None = the item is left out of gIoU
-    exclude_ignore: bool  # pixels marked IGNORE in the ground truth drop out of intersection and union
+    empty_iou: float | None  # IoU of an empty prediction vs an empty target; None = the item is left out of gIoU
+    ignore: str  # EXCLUDE: pixels marked IGNORE drop out of intersection and union; or count as BACKGROUND/TARGET
     description: str
+    missing_empty_iou: float | None  # the same for a missing prediction (no mask) vs an empty target
+    has_ciou: bool = True  # False: the reference reports gIoU only, cIoU is NaN here
 
 
 CONVENTIONS = {c.name: c for c in (
-    Convention("lisa", 1.0, True, "LISA: ignore pixels excluded, empty-vs-empty = 1"),
-    Convention("empty_zero", 0.0, True, "ignore pixels excluded, empty-vs-empty = 0"),
-    Convention("skip_empty", None, True, "ignore pixels excluded, empty-vs-empty items left out of gIoU"),
-    Convention("ignore_as_background", 1.0, False, "ignore pixels count as background, empty-vs-empty = 1"),
+    Convention("lisa", 1.0, EXCLUDE, "LISA: ignore pixels excluded, empty-vs-empty = 1", 1.0),
+    Convention("empty_zero", 0.0, EXCLUDE, "ignore pixels excluded, empty-vs-empty = 0", 0.0),
+    Convention("skip_empty", None, EXCLUDE, "ignore pixels excluded, empty-vs-empty items left out of gIoU", None),
+    Convention("ignore_as_background", 1.0, BACKGROUND, "ignore pixels count as background, empty-vs-empty = 1",
+               1.0),
+    Convention("seg_zero", None, TARGET, "Seg-Zero's evaluation: ignore pixels count as target, empty-vs-empty "
+               "left out, missing prediction on an empty target = 0, no cIoU", 0.0, has_ciou=False),
+    Convention("vision_reasoner", 0.0, TARGET, "VisionReasoner's evaluation: ignore pixels count as target, "
+               "empty-vs-empty = 0", 0.0),
 )}
 DEFAULT_CONVENTION = "lisa"
 
@@ -56,6 +69,7 @@ def get_convention(convention: str | Convention) -> Convention:
 class ItemScore:
     intersection: int
     union: int
+    missing: bool = False  # there was no prediction at all (not an empty one)
 
     @property
     def iou(self) -> float:
@@ -69,7 +83,7 @@ def score_item(prediction: np.ndarray | None, ground_truth: np.ndarray,
     `None` is a missing prediction."""
     target, valid = _target(ground_truth, get_convention(convention))
     if prediction is None:
-        return ItemScore(0, int(target.sum()))
+        return ItemScore(0, int(np.count_nonzero(target)), missing=True)
     if prediction.shape != ground_truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {ground_truth.shape}")
     return _overlap(prediction.astype(bool), target, valid)
@@ -117,37 +131,48 @@ def score_crop(crop: np.ndarray, x: int, y: int, ground_truth: np.ndarray,
 
 def _target(ground_truth: np.ndarray, convention: Convention) -> tuple[np.ndarray, np.ndarray | None]:
     """(target pixels, valid pixels or None when every pixel counts)."""
-    if convention.exclude_ignore:
+    if convention.ignore == EXCLUDE:
         return ground_truth == 1, ground_truth != IGNORE
+    if convention.ignore == TARGET:
+        return ground_truth != 0, None
     return ground_truth == 1, None
 
 
-def item_ious(intersections, unions, convention: str | Convention = DEFAULT_CONVENTION) -> np.ndarray:
-    """Per-item IoU as floats; NaN where the convention leaves an empty-vs-empty item out."""
+def item_ious(intersections, unions, convention: str | Convention = DEFAULT_CONVENTION,
+              missing=None) -> np.ndarray:
+    """Per-item IoU as floats; NaN where the convention leaves an item with union 0 out. `missing` flags the items
+    that had no prediction at all (conventions may score those apart from empty predictions)."""
     conv = get_convention(convention)
     intersections = np.asarray(intersections, dtype=np.float64)
     unions = np.asarray(unions, dtype=np.float64)
-    empty = np.nan if conv.empty_iou is None else conv.empty_iou
+    missing = np.zeros(len(unions), bool) if missing is None else np.asarray(missing, dtype=bool)
+    empty = np.where(missing, _or_nan(conv.missing_empty_iou), _or_nan(conv.empty_iou))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(unions > 0, intersections / np.maximum(unions, 1), empty)
 
 
-def summarize_counts(intersections, unions, convention: str | Convention = DEFAULT_CONVENTION) -> dict:
-    """``{"gIoU", "cIoU", "count"}`` from per-item intersections and unions (`count` = items in gIoU)."""
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def summarize_counts(intersections, unions, convention: str | Convention = DEFAULT_CONVENTION,
+                     missing=None) -> dict:
+    """``{"gIoU", "cIoU", "count"}`` from per-item intersections and unions (`count` = items in gIoU); cIoU is NaN
+    under a convention that has none."""
     conv = get_convention(convention)
-    ious = item_ious(intersections, unions, conv)
+    ious = item_ious(intersections, unions, conv, missing)
     kept = ious[~np.isnan(ious)]
     total_union = float(np.sum(unions))
-    empty = conv.empty_iou if conv.empty_iou is not None else 0.0
-    return {"gIoU": float(kept.mean()) if len(kept) else 0.0,
-            "cIoU": float(np.sum(intersections)) / total_union if total_union else (empty if len(ious) else 0.0),
+    ciou = float(np.sum(intersections)) / total_union if total_union else 0.0
+    return {"gIoU": float(kept.mean()) if len(kept) else 0.0, "cIoU": ciou if conv.has_ciou else math.nan,
             "count": int(len(kept))}
 
 
 def summarize(scores: Iterable[ItemScore], convention: str | Convention = DEFAULT_CONVENTION) -> dict[str, float]:
     """``{"gIoU", "cIoU", "count"}`` over item scores, as fractions in [0, 1]."""
     scores = list(scores)
-    return summarize_counts([s.intersection for s in scores], [s.union for s in scores], convention)
+    return summarize_counts([s.intersection for s in scores], [s.union for s in scores], convention,
+                            [s.missing for s in scores])
 
 
 NOC_THRESHOLDS = (0.85, 0.90)

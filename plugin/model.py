@@ -83,11 +83,13 @@ class SampleLoader(fout.GetItem):
 
 
 class SamVeteranModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModelMixin):
-    """The SAM-Veteran agent behind FiftyOne's model interface; reads each sample's query from `prompt_field`."""
+    """The SAM-Veteran agent behind FiftyOne's model interface; reads each sample's query from `prompt_field`.
 
-    def __init__(self, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
-                 max_steps: int = DEFAULT_MAX_STEPS, device: str | None = None, agent: Agent | None = None,
-                 **policy_kwargs) -> None:
+    `max_steps` None is the policy family's default; ``family=`` (e.g. ``"seg_zero"``) and other `policy_kwargs`
+    go to `TransformersPolicy.from_pretrained`."""
+
+    def __init__(self, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None,
+                 device: str | None = None, agent: Agent | None = None, **policy_kwargs) -> None:
         fom.SamplesMixin.__init__(self)
         self.agent = agent or Agent.from_pretrained(policy, segmenter, AgentConfig(max_steps=max_steps),
                                                     device=device, **policy_kwargs)

@@ -103,7 +103,7 @@ def test_refer_round_trip(source, tmp_path):
     refs = pickle.loads((out / "refcocog" / "refs(umd).p").read_bytes())
     assert sorted(len(r["sentences"]) for r in refs) == [1, 2, 2]
     annotations = json.loads((out / "refcocog" / "instances.json").read_text())["annotations"]
-    assert all(isinstance(a["segmentation"]["counts"], str) for a in annotations)
+    assert all(len(a["segmentation"]) == 1 and isinstance(a["segmentation"][0]["counts"], str) for a in annotations)
     back = import_refcoco(out, "refcocog", split=None)
     assert items(back) == items(view, ignore_as_background=True)
     back.delete()

@@ -18,7 +18,8 @@ ONLY_IGNORE = np.where(GT == 255, 255, 0).astype(np.uint8)
 
 
 def test_every_convention_is_tested():
-    assert set(CONVENTIONS) == {"lisa", "empty_zero", "skip_empty", "ignore_as_background"}
+    assert set(CONVENTIONS) == {"lisa", "empty_zero", "skip_empty", "ignore_as_background", "seg_zero",
+                                "vision_reasoner"}
 
 
 @pytest.mark.parametrize("convention, expected", [
@@ -26,6 +27,8 @@ def test_every_convention_is_tested():
     ("lisa", (3, 5)), ("empty_zero", (3, 5)), ("skip_empty", (3, 5)),
     # ignore counted as background: 6 predicted px, 3 shared -> 3 / 7
     ("ignore_as_background", (3, 7)),
+    # ignore counted as target (the peers' mask.astype(bool)): 6 target px, 6 predicted, 5 shared -> 5 / 7
+    ("seg_zero", (5, 7)), ("vision_reasoner", (5, 7)),
 ])
 def test_ignore_region(convention, expected):
     score = score_item(PRED, GT, convention)
@@ -34,20 +37,25 @@ def test_ignore_region(convention, expected):
 
 @pytest.mark.parametrize("convention", sorted(CONVENTIONS))
 def test_empty_and_missing_predictions_and_empty_ground_truth(convention):
-    assert (score_item(EMPTY, GT, convention).intersection, score_item(EMPTY, GT, convention).union) == (0, 4)
+    target = 6 if CONVENTIONS[convention].ignore == "target" else 4
+    assert (score_item(EMPTY, GT, convention).intersection, score_item(EMPTY, GT, convention).union) == (0, target)
     missing = score_item(None, GT, convention)
-    assert (missing.intersection, missing.union) == (0, 4)
+    assert (missing.intersection, missing.union, missing.missing) == (0, target, True)
     empty_gt = score_item(PRED, EMPTY, convention)
     assert (empty_gt.intersection, empty_gt.union) == (0, 6)
-    assert summarize([empty_gt], convention) == {"gIoU": 0.0, "cIoU": 0.0, "count": 1}
+    assert summarize([empty_gt], convention)["gIoU"] == 0.0 and summarize([empty_gt], convention)["count"] == 1
 
 
 @pytest.mark.parametrize("convention, giou, count", [
-    ("lisa", 1.0, 1), ("empty_zero", 0.0, 1), ("skip_empty", 0.0, 0), ("ignore_as_background", 1.0, 1)])
+    ("lisa", 1.0, 1), ("empty_zero", 0.0, 1), ("skip_empty", 0.0, 0), ("ignore_as_background", 1.0, 1),
+    ("seg_zero", 0.0, 0), ("vision_reasoner", 0.0, 1)])
 def test_both_empty(convention, giou, count):
     score = score_item(EMPTY, EMPTY, convention)
     assert (score.intersection, score.union) == (0, 0)
-    assert summarize([score], convention) == {"gIoU": giou, "cIoU": giou, "count": count}
+    summary = summarize([score], convention)
+    assert (summary["gIoU"], summary["count"]) == (giou, count)
+    # a set whose total union is 0 has cIoU 0, as LISA's I / (U + 1e-10) gives (Seg-Zero has no cIoU)
+    assert np.isnan(summary["cIoU"]) if convention == "seg_zero" else summary["cIoU"] == 0.0
 
 
 def test_prediction_only_on_ignore_pixels():
@@ -64,12 +72,15 @@ def test_prediction_only_on_ignore_pixels():
     ("empty_zero", 0.6 / 3, 3 / 9, 3),
     ("skip_empty", 0.6 / 2, 3 / 9, 2),
     ("ignore_as_background", (3 / 7 + 0 + 1) / 3, 3 / 11, 3),
+    # ignore as target: 5/7, missing vs GT 0/6, empty vs empty left out (Seg-Zero, no cIoU) or 0
+    ("seg_zero", (5 / 7 + 0) / 2, None, 2),
+    ("vision_reasoner", (5 / 7 + 0 + 0) / 3, 5 / 13, 3),
 ])
 def test_summaries(convention, giou, ciou, count):
     scores = [score_item(PRED, GT, convention), score_item(None, GT, convention), score_item(EMPTY, EMPTY, convention)]
     summary = summarize(scores, convention)
     assert summary["gIoU"] == pytest.approx(giou)
-    assert summary["cIoU"] == pytest.approx(ciou)
+    assert np.isnan(summary["cIoU"]) if ciou is None else summary["cIoU"] == pytest.approx(ciou)
     assert summary["count"] == count
 
 

@@ -10,6 +10,7 @@ ends with `EndReason.PARSE_FAILURE`, keeping the last good mask. One bad sample 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,9 +27,10 @@ from .trace import Action, EndReason, Step, Trace
 
 @dataclass
 class AgentConfig:
-    """How the loop runs. `input_size` overrides the family's policy image size when given."""
+    """How the loop runs. `input_size` overrides the family's policy image size when given; `max_steps` None means
+    the family's own default (3; 0 for the peers' families, which were not trained to refine)."""
 
-    max_steps: int = DEFAULT_MAX_STEPS
+    max_steps: int | None = None
     parse_retries: int = 1
     input_size: tuple[int, int] | None = None
     overlay: OverlayStyle = field(default_factory=OverlayStyle)
@@ -68,6 +70,7 @@ class Agent:
         self.config = config or AgentConfig()
         family = policy.family
         self.family = family.with_input_size(self.config.input_size) if self.config.input_size else family
+        self.max_steps = self.config.max_steps if self.config.max_steps is not None else self.family.max_steps
 
     @classmethod
     def from_pretrained(cls, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
@@ -90,7 +93,7 @@ class Agent:
         for state, embedding in zip(states, self.segmenter.encode([s.image for s in states])):
             state.embedding = embedding
         self._ground(states)
-        for index in range(1, self.config.max_steps + 1):
+        for index in range(1, self.max_steps + 1):
             states = [s for s in states if not s.trace.ended]
             if not states:
                 break
@@ -125,14 +128,20 @@ class Agent:
         return trace, _State(trace=trace, image=image, ground_truth=ground_truth)
 
     def _ground(self, states: list[_State]) -> None:
-        """Step 0: a box from the query, then the segmenter's mask for it."""
+        """Step 0: a box (and, for the peers' families, positive clicks) from the query, then the segmenter's mask
+        for it. An answer that finds nothing (VisionReasoner's ``[]``) ends the trace with no mask."""
         for state in states:
             state.view = policy_view(state.image, self.family.input_size)
         requests = [PolicyRequest(s.view, self.family.grounding_prompt(s.trace.query), ground_truth=s.ground_truth)
                     for s in states]
-        for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse_grounding)):
+        parse = partial(parse_grounding, answer_format=self.family.answer_format)
+        for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse)):
             step = Step(index=0, text=text, notes=notes)
             state.trace.steps.append(step)
+            if answer is not None and answer.box is None:
+                step.reasoning, step.action = answer.reasoning, Action.STOP
+                state.trace.end_reason = EndReason.AGENT_STOPPED
+                continue
             if answer is not None:
                 step.reasoning = answer.reasoning
                 error = self._set_box(state, answer, step)
@@ -141,6 +150,12 @@ class Agent:
                 state.trace.end_reason = EndReason.PARSE_FAILURE
                 continue
             step.action = Action.BOX
+            size = state.trace.image_size
+            for number, point in enumerate(answer.points, 1):
+                step.box_points.append(self._clamp_point(self.family.to_image(point, size), size, step,
+                                                         f"point {number}"))
+            state.points += step.box_points
+            state.labels += [1] * len(step.box_points)
             self._segment(state, step)
 
     def _refine(self, states: list[_State], index: int) -> None:

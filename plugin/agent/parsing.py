@@ -5,6 +5,16 @@ text after an unclosed ``<answer>`` when generation was cut off), tolerates code
 (``[[x1, y1, x2, y2]]``), uses the first of several boxes or points, and rejects anything that is not a finite
 number where a coordinate belongs. Repairs are returned as notes; failures raise `AnswerError` with the reason.
 Coordinates stay in the policy's own convention: mapping to image pixels belongs to `prompts.ModelFamily`.
+
+Grounding answers come in the format of the family (`prompts.ANSWER_FORMATS`):
+
+- ``sam_veteran``: ``{"bbox_2d": [x1, y1, x2, y2]}``.
+- ``seg_zero``: ``{"bbox": [...], "points_1": [x, y], "points_2": [x, y]}``; both points are positive clicks given
+  with the box. Seg-Zero's own extractor takes the first ``{...}`` anywhere in the text, so an answer without
+  ``<answer>`` tags is read the same way (with a note).
+- ``vision_reasoner``: ``[{"bbox_2d": [...], "point_2d": [x, y]}, ...]``, one object each; several objects give
+  their enclosing box and every point (with a note), ``[]`` gives no box (nothing found). VisionReasoner's
+  extractor needs the ``<answer>`` tags, so this parser does too.
 """
 
 from __future__ import annotations
@@ -14,12 +24,15 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .prompts import SAM_VETERAN, SEG_ZERO, VISION_REASONER
+
 BOX_KEYS = ("bbox_2d", "bbox", "box")
 POSITIVE_KEYS = ("positive_point", "points_1", "positive")
 NEGATIVE_KEYS = ("negative_point", "points_2", "negative")
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_FIRST_OBJECT = re.compile(r"{[^}]+}")  # Seg-Zero's extractor: the first flat JSON object in the text
 
 
 class AnswerError(ValueError):
@@ -32,6 +45,7 @@ class ParsedAnswer:
     box: tuple[float, float, float, float] | None = None
     positive: tuple[float, float] | None = None
     negative: tuple[float, float] | None = None
+    points: list[tuple[float, float]] = field(default_factory=list)  # positive clicks given with the box
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -39,8 +53,12 @@ class ParsedAnswer:
         return self.box is None and self.positive is None and self.negative is None
 
 
-def parse_grounding(text: str) -> ParsedAnswer:
-    """Read a grounding answer: one box ``{"bbox_2d": [x1, y1, x2, y2]}``."""
+def parse_grounding(text: str, answer_format: str = SAM_VETERAN) -> ParsedAnswer:
+    """Read a grounding answer in `answer_format`: by default one box ``{"bbox_2d": [x1, y1, x2, y2]}``."""
+    if answer_format == SEG_ZERO:
+        return _parse_seg_zero(text)
+    if answer_format == VISION_REASONER:
+        return _parse_vision_reasoner(text)
     answer, notes = _answer_object(text)
     key = _first_key(answer, BOX_KEYS)
     if key is None:
@@ -49,6 +67,59 @@ def parse_grounding(text: str) -> ParsedAnswer:
     if box is None:
         raise AnswerError("answer's 'bbox_2d' is null")
     return ParsedAnswer(reasoning=_reasoning(text), box=box, notes=notes)
+
+
+def _parse_seg_zero(text: str) -> ParsedAnswer:
+    if "<answer>" in text:
+        answer, notes = _answer_object(text)
+    else:
+        match = _FIRST_OBJECT.search(text)
+        if match is None:
+            raise AnswerError("no <answer>...</answer> block and no JSON object in the text")
+        answer, notes = _json_object(match.group(0)), ["no <answer> tags; the first JSON object in the text was "
+                                                       "read, as Seg-Zero's extractor does"]
+    box_key = next((key for key in answer if "bbox" in key.lower()), None)  # Seg-Zero: any key naming bbox
+    if box_key is None:
+        raise AnswerError(f"answer has no box (expected key 'bbox'): {_short(answer)}")
+    box = _numbers(answer[box_key], 4, box_key, notes)
+    if box is None:
+        raise AnswerError(f"answer's '{box_key}' is null")
+    point_keys = [key for key in answer if "points" in key.lower()][:2]  # Seg-Zero: the first two naming points
+    if len(point_keys) != 2:
+        raise AnswerError(f"answer needs two points ('points_1', 'points_2'), found {len(point_keys)}: "
+                          f"{_short(answer)}")
+    points = [_numbers(answer[key], 2, key, notes) for key in point_keys]
+    if any(point is None for point in points):
+        raise AnswerError(f"answer's points must not be null: {_short(answer)}")
+    return ParsedAnswer(reasoning=_reasoning(text), box=box, points=points, notes=notes)
+
+
+def _parse_vision_reasoner(text: str) -> ParsedAnswer:
+    body, notes = _answer_body(text)
+    start, end = body.find("["), body.rfind("]")
+    if start < 0 or end < start:
+        raise AnswerError(f"answer is not a JSON list of objects: {body[:80]!r}")
+    objects = _loads(body[start:end + 1], body)
+    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
+        raise AnswerError(f"answer is not a JSON list of objects: {body[:80]!r}")
+    boxes, points = [], []
+    for index, obj in enumerate(objects):
+        for key in ("bbox_2d", "point_2d"):
+            if key not in obj:
+                raise AnswerError(f"object {index} has no '{key}': {_short(obj)}")
+        box = _numbers(obj["bbox_2d"], 4, "bbox_2d", notes)
+        point = _numbers(obj["point_2d"], 2, "point_2d", notes)
+        if box is None or point is None:
+            raise AnswerError(f"object {index} has a null box or point: {_short(obj)}")
+        boxes.append(box)
+        points.append(point)
+    if not boxes:
+        return ParsedAnswer(reasoning=_reasoning(text), notes=notes + ["no objects: nothing was found"])
+    box = boxes[0]
+    if len(boxes) > 1:
+        box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+        notes.append(f"{len(boxes)} objects: their enclosing box and all {len(points)} points were used")
+    return ParsedAnswer(reasoning=_reasoning(text), box=box, points=points, notes=notes)
 
 
 def parse_refinement(text: str) -> ParsedAnswer:
@@ -71,6 +142,12 @@ def _reasoning(text: str) -> str:
 
 
 def _answer_object(text: str) -> tuple[dict, list[str]]:
+    body, notes = _answer_body(text)
+    return _json_object(body), notes
+
+
+def _answer_body(text: str) -> tuple[str, list[str]]:
+    """The text of the last complete ``<answer>`` block (or after an unclosed one), code fences removed."""
     notes: list[str] = []
     blocks = _ANSWER.findall(text)
     if blocks:
@@ -83,17 +160,24 @@ def _answer_object(text: str) -> tuple[dict, list[str]]:
     else:
         raise AnswerError("no <answer>...</answer> block in the text")
     body = body.strip()
-    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", body)
+    return re.sub(r"^```(?:json)?\s*|\s*```$", "", body), notes
+
+
+def _json_object(body: str) -> dict:
     start, end = body.find("{"), body.rfind("}")
     if start < 0 or end < start:
         raise AnswerError(f"answer is not a JSON object: {body[:80]!r}")
-    try:
-        obj = json.loads(body[start : end + 1], parse_constant=_reject_constant)
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise AnswerError(f"answer is not valid JSON ({exc}): {body[:80]!r}") from None
+    obj = _loads(body[start : end + 1], body)
     if not isinstance(obj, dict):
         raise AnswerError(f"answer is not a JSON object: {body[:80]!r}")
-    return obj, notes
+    return obj
+
+
+def _loads(text: str, body: str):
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise AnswerError(f"answer is not valid JSON ({exc}): {body[:80]!r}") from None
 
 
 def _reject_constant(name: str):

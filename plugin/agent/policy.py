@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_POLICY, MAX_NEW_TOKENS
-from .prompts import ModelFamily, family_for
+from .prompts import ModelFamily, resolve_family
 
 FAMILY_FILE = "sam_veteran.json"  # in a policy folder: {"family": name}, the prompt family it was trained with
 
@@ -62,12 +62,12 @@ class PromptTooLongError(ValueError):
 class TransformersPolicy:
     """A Qwen2-VL / Qwen2.5-VL / Qwen3-VL model through `transformers`, generating in batches."""
 
-    def __init__(self, model, processor, family: ModelFamily | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
+    def __init__(self, model, processor, family: str | ModelFamily | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
                  batch_size: int = 8, temperature: float = 0.7) -> None:
         self.model = model.eval()
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"
-        self.family = family or family_for(model.config.model_type)
+        self.family = resolve_family(family, getattr(model.config, "_name_or_path", None), model.config.model_type)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.temperature = temperature
@@ -75,9 +75,11 @@ class TransformersPolicy:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_POLICY, device: str | None = None,
                         dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-                        **kwargs) -> "TransformersPolicy":
+                        family: str | ModelFamily | None = None, **kwargs) -> "TransformersPolicy":
         """Load a hub id or a local folder; bf16 on a GPU, float32 on the CPU.
 
+        `family` (a name such as ``"seg_zero"`` or a `ModelFamily`) sets the prompts and answer format; by default
+        it is the known family of the hub id (`prompts.KNOWN_POLICIES`), else that of the checkpoint's model type.
         `trust_remote_code` stays off unless asked for: a checkpoint from a stranger cannot run code by default.
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -88,11 +90,9 @@ class TransformersPolicy:
                                                             trust_remote_code=trust_remote_code).to(device)
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         recorded = Path(name_or_path) / FAMILY_FILE
-        if "family" not in kwargs and recorded.is_file():
-            from .prompts import FAMILIES
-
-            kwargs["family"] = FAMILIES[json.loads(recorded.read_text())["family"]]
-        return cls(model, processor, **kwargs)
+        if family is None and recorded.is_file():
+            family = json.loads(recorded.read_text())["family"]
+        return cls(model, processor, family=resolve_family(family, name_or_path, model.config.model_type), **kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -1,11 +1,25 @@
 """What the policy is told and in which coordinates it answers, per model family.
 
-One `ModelFamily` bundles the prompt templates, the size the image is resized to before the policy sees it and
-the coordinate convention of the answers. The trainer uses the same objects, so what is trained is what runs.
+One `ModelFamily` bundles the prompt templates, the size the image is resized to before the policy sees it, the
+coordinate convention and the format of the answers, and how many refinement steps it makes by default. The
+trainer uses the same objects, so what is trained is what runs.
 
-Answer format (all families): ``<think>reasoning</think><answer>{json}</answer>`` where the JSON is
-``{"bbox_2d": [x1, y1, x2, y2]}`` for grounding and
+SAM-Veteran's answer format (the Qwen families): ``<think>reasoning</think><answer>{json}</answer>`` where the
+JSON is ``{"bbox_2d": [x1, y1, x2, y2]}`` for grounding and
 ``{"positive_point": [x, y] | null, "negative_point": [x, y] | null}`` for refinement (both null = stop).
+
+Peers' checkpoints run in the same harness with their own prompt text and answer format, copied from their
+evaluation scripts (both resize the image to 840x840 and answer in its pixels):
+
+- ``seg_zero`` (dvlab-research/Seg-Zero): ``{"bbox": [...], "points_1": [x, y], "points_2": [x, y]}``, both points
+  positive clicks given with the box (Seg-Zero passes ``point_labels=[1, 1]``).
+- ``vision_reasoner`` (dvlab-research/VisionReasoner): a JSON list of ``{"bbox_2d": [...], "point_2d": [x, y]}``,
+  one per object; several objects become their enclosing box and every point as a positive click (one mask per
+  query), an empty list means nothing was found.
+
+Peers were not trained to refine, so their families make no refinement steps unless ``max_steps`` asks for some.
+`resolve_family` picks the family: an explicit name or `ModelFamily`, else `KNOWN_POLICIES` (hub id -> family),
+else the checkpoint's ``model_type``.
 """
 
 from __future__ import annotations
@@ -32,8 +46,30 @@ REFINE_TEMPLATE = (
     "<think>...</think><answer>{{\"positive_point\": null, \"negative_point\": null}}</answer>"
 )
 
+SEG_ZERO_TEMPLATE = (  # Seg-Zero's QUESTION_TEMPLATE with its example answer (evaluation_scripts/evaluation.py)
+    "Please find '{query}' with bbox and points."
+    "Compare the difference between objects and find the most closely matched one."
+    "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+    "Output the one bbox and points of two largest inscribed circles inside the interested object in JSON format."
+    "i.e., <think> thinking process here </think>"
+    "<answer>{{'bbox': [10,100,200,210], 'points_1': [30,110], 'points_2': [35,180]}}</answer>"
+)
+
+VISION_REASONER_TEMPLATE = (  # VisionReasoner's DETECTION_TEMPLATE with its example answer
+    "Please find \"{query}\" with bboxs and points."
+    "Compare the difference between object(s) and find the most closely matched object(s)."
+    "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+    "Output the bbox(es) and point(s) inside the interested object(s) in JSON format."
+    "i.e., <think> thinking process here </think>"
+    "<answer>[{{\"bbox_2d\": [10,100,200,210], \"point_2d\": [30,110]}}, "
+    "{{\"bbox_2d\": [225,296,706,786], \"point_2d\": [302,410]}}]</answer>"
+)
+
 PIXELS = "pixels"
 NORMALIZED_1000 = "normalized_1000"
+SAM_VETERAN, SEG_ZERO, VISION_REASONER = "sam_veteran", "seg_zero", "vision_reasoner"  # answer formats
+ANSWER_FORMATS = (SAM_VETERAN, SEG_ZERO, VISION_REASONER)
+DEFAULT_MAX_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -41,9 +77,12 @@ class ModelFamily:
     """Prompts and coordinate convention of one family of policies.
 
     `coordinates` is `"pixels"` (absolute pixels of the image as resized to `input_size`, Qwen2/2.5-VL) or
-    `"normalized_1000"` (a 0-1000 grid over the image, Qwen3-VL). `input_size` is (width, height). With
-    `query_first` the prompt text comes before the image in the chat: a causal model's image tokens then see the
-    query (the mini policy learns to localise far faster so; released models are trained image first).
+    `"normalized_1000"` (a 0-1000 grid over the image, Qwen3-VL). `input_size` is (width, height).
+    `answer_format` names the grounding answer `parsing.parse_grounding` reads; `max_steps` is the refinement
+    steps the agent makes when the caller does not say; `query_strip`, when set, is how the family's own code
+    normalises the query (lower-cased, these characters stripped from both ends). With `query_first` the prompt
+    text comes before the image in the chat: a causal model's image tokens then see the query (the mini policy
+    learns to localise far faster so; released models are trained image first).
     """
 
     name: str
@@ -52,11 +91,16 @@ class ModelFamily:
     grounding_template: str = GROUNDING_TEMPLATE
     refine_template: str = REFINE_TEMPLATE
     system_prompt: str = "You are a helpful assistant."
+    answer_format: str = SAM_VETERAN
+    max_steps: int = DEFAULT_MAX_STEPS
+    query_strip: str | None = None
     query_first: bool = False  # the prompt text before the image, so image tokens are read in the light of the query
 
     def __post_init__(self) -> None:
         if self.coordinates not in (PIXELS, NORMALIZED_1000):
             raise ValueError(f"unknown coordinate convention {self.coordinates!r}: use 'pixels' or 'normalized_1000'")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"unknown answer format {self.answer_format!r}; choose one of {', '.join(ANSWER_FORMATS)}")
 
     @property
     def grid_size(self) -> tuple[float, float]:
@@ -94,6 +138,8 @@ class ModelFamily:
     def grounding_prompt(self, query: str) -> str:
         gw, gh = self.grid_size
         example = f"{round(gw * 0.2)}, {round(gh * 0.3)}, {round(gw * 0.6)}, {round(gh * 0.8)}"
+        if self.query_strip is not None:
+            query = query.lower().strip(self.query_strip)
         return self.grounding_template.format(query=query, coordinates=self._coordinates_text(), example_box=example)
 
     def refine_prompt(self, query: str) -> str:
@@ -121,6 +167,22 @@ FAMILIES: dict[str, ModelFamily] = {
                         refine_template=MINI_REFINE_TEMPLATE, system_prompt="Segment.", query_first=True),
 }
 
+# Peers' checkpoints (Qwen2.5-VL-7B fine-tunes) with their own prompt and answer format; no refinement by default.
+PEER_FAMILIES: dict[str, ModelFamily] = {
+    "seg_zero": ModelFamily("seg_zero", coordinates=PIXELS, input_size=(840, 840),
+                            grounding_template=SEG_ZERO_TEMPLATE, answer_format=SEG_ZERO, max_steps=0,
+                            query_strip="."),
+    "vision_reasoner": ModelFamily("vision_reasoner", coordinates=PIXELS, input_size=(840, 840),
+                                   grounding_template=VISION_REASONER_TEMPLATE, answer_format=VISION_REASONER,
+                                   max_steps=0, query_strip=".\"?!"),
+}
+
+# Hub ids whose family is not their model_type's: the peers' released checkpoints.
+KNOWN_POLICIES: dict[str, str] = {
+    "Ricky06662/Seg-Zero-7B": "seg_zero",
+    "Ricky06662/VisionReasoner-7B": "vision_reasoner",
+}
+
 
 def family_for(model_type: str) -> ModelFamily:
     """The family of a `transformers` config's `model_type`, e.g. ``"qwen2_5_vl"``."""
@@ -131,3 +193,30 @@ def family_for(model_type: str) -> ModelFamily:
             f"no prompt family for model type {model_type!r}; known: {sorted(FAMILIES)}. "
             "Pass a ModelFamily explicitly to use another model."
         ) from None
+
+
+def get_family(name: str) -> ModelFamily:
+    """A family by name: a model type's (``qwen2_5_vl``, ...) or a peer's (``seg_zero``, ``vision_reasoner``)."""
+    family = FAMILIES.get(name) or PEER_FAMILIES.get(name)
+    if family is None:
+        raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(family_names())}")
+    return family
+
+
+def family_names() -> list[str]:
+    return [*FAMILIES, *PEER_FAMILIES]
+
+
+def resolve_family(family: str | ModelFamily | None, name_or_path=None, model_type: str | None = None) -> ModelFamily:
+    """The family a policy runs with: `family` when given (a name or a `ModelFamily`), else the known family of the
+    hub id `name_or_path` (`KNOWN_POLICIES`), else that of the checkpoint's `model_type`."""
+    if isinstance(family, ModelFamily):
+        return family
+    if family:
+        return get_family(family)
+    known = KNOWN_POLICIES.get(str(name_or_path)) if name_or_path is not None else None
+    if known:
+        return PEER_FAMILIES[known]
+    if model_type is None:
+        raise ValueError("cannot tell the policy's model family: pass family=")
+    return family_for(model_type)

@@ -35,7 +35,8 @@ class EndReason(str, enum.Enum):
 class Step:
     """One policy call and, unless the policy stopped, the segmenter's answer to it.
 
-    `index` 0 is the grounding step (a box); 1..N are refinement steps (clicks or stop). `mask` is a boolean
+    `index` 0 is the grounding step (a box, with positive `box_points` for the peers' families that give clicks
+    with their box); 1..N are refinement steps (clicks or stop). `mask` is a boolean
     array at original image size, `score` the segmenter's own predicted IoU for it. `notes` lists the repairs
     made to the answer (a clamped click, a swapped box corner, a retried parse) so nothing is silently changed.
     """
@@ -47,6 +48,7 @@ class Step:
     box: tuple[float, float, float, float] | None = None
     positive: tuple[float, float] | None = None
     negative: tuple[float, float] | None = None
+    box_points: list[tuple[float, float]] = field(default_factory=list)
     mask: np.ndarray | None = None
     score: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -98,6 +100,7 @@ class Trace:
         for step in self.steps:
             if step.mask is None:
                 continue
+            out += [(step.index, point, True) for point in step.box_points]
             if step.positive is not None:
                 out.append((step.index, step.positive, True))
             if step.negative is not None:

@@ -4,7 +4,8 @@
   (``text``, ``is_sentence``, ``shapes`` of LabelMe polygons labelled ``target`` / ``ignore``). The samples of one
   image that share a ground truth and a query type become one JSON with several texts, in their original order.
 - `export_refer`: the REFER layout, ``<dataset>/refs(<split_by>).p`` (gRefCOCO: ``grefs(<split_by>).json``) with
-  ``<dataset>/instances.json`` (COCO, masks as compressed RLE) and the images under
+  ``<dataset>/instances.json`` (COCO; each ``segmentation`` a list holding one compressed RLE dict, the form
+  REFER's ``getMask``, G_REFER and LISA's loaders index with ``segmentation[0]``) and the images under
   ``images/mscoco/images/train2014/``, where `import_refcoco` looks by default. Sentences that share an image and a
   ground truth become one ref. Source ids (``ref_id``, ``image_id``, ``sent_id``, ``ann_ids``) are kept when the
   samples carry them and they do not clash, otherwise new ones are given.
@@ -281,7 +282,7 @@ def _write_image(source: Path, folder: Path, name: str) -> str:
 
 def _annotation(ann_id: int, image_id: int, category_id: int, rle: dict) -> dict:
     return {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0,
-            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "segmentation": [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}],
             "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]}
 
 

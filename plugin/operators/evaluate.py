@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -60,7 +62,8 @@ class Evaluate(foo.Operator):
                            progress=progress)
         if not ctx.delegated:
             ctx.ops.reload_dataset()
-        return {"eval_key": p.get("eval_key", "eval"), **results.metrics()}
+        metrics = {k: v for k, v in results.metrics().items() if not math.isnan(v)}  # seg_zero has no cIoU
+        return {"eval_key": p.get("eval_key", "eval"), **metrics}
 
     def resolve_output(self, ctx):
         outputs = types.Object()

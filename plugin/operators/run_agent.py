@@ -6,11 +6,14 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_MAX_STEPS, DEFAULT_POLICY,
-                        DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
+from ..agent.prompts import family_names
+from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD,
+                        DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
 from ..inference import RunProgress, iter_run_agent
 from ..labels import has_results, label_fields
 from .common import add_target_view, call_operator, execution_options, report_progress, target_view
+
+AUTO_FAMILY = "auto"  # the policy's known family (hub id), else its model type
 
 
 def text_fields(dataset) -> list[str]:
@@ -47,8 +50,11 @@ class RunSamVeteran(foo.Operator):
                    description="a Hugging Face hub id or a local checkpoint folder (Qwen2/2.5/3-VL)")
         inputs.str("segmenter", default=DEFAULT_SEGMENTER, required=True, label="Segmenter",
                    description=SEGMENTER_HELP)
-        inputs.int("max_steps", default=DEFAULT_MAX_STEPS, min=0, label="Max refinement steps",
-                   description="clicks the agent may make after its box")
+        inputs.enum("family", [AUTO_FAMILY, *family_names()], default=AUTO_FAMILY, label="Policy family",
+                    description="prompts and answer format: auto = the known family of the hub id (Seg-Zero, "
+                                "VisionReasoner), else the checkpoint's model type", view=types.DropdownView())
+        inputs.int("max_steps", min=0, label="Max refinement steps",
+                   description="clicks the agent may make after its box (empty = the family's: 3, 0 for peers)")
         inputs.int("batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size")
         inputs.int("max_new_tokens", default=MAX_NEW_TOKENS, min=1, label="Longest answer (tokens)",
                    description="the policy's generation cap per step")
@@ -72,13 +78,14 @@ class RunSamVeteran(foo.Operator):
 
     def _runs(self, ctx):
         p = ctx.params
+        family = p.get("family") or AUTO_FAMILY
+        policy_kwargs = {} if family == AUTO_FAMILY else {"family": family}
         return iter_run_agent(target_view(ctx), policy=p.get("policy", DEFAULT_POLICY),
-                              segmenter=p.get("segmenter", DEFAULT_SEGMENTER),
-                              max_steps=p.get("max_steps", DEFAULT_MAX_STEPS),
+                              segmenter=p.get("segmenter", DEFAULT_SEGMENTER), max_steps=p.get("max_steps"),
                               label_field=p.get("label_field", DEFAULT_LABEL_FIELD),
                               prompt_field=p.get("prompt_field", DEFAULT_PROMPT_FIELD),
                               batch_size=p.get("batch_size", DEFAULT_BATCH_SIZE), overwrite=p.get("overwrite", False),
-                              max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS))
+                              max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS), **policy_kwargs)
 
     def _run(self, ctx) -> dict:
         """Delegated: progress is stored on the operation; the summary is its result."""
@@ -95,9 +102,9 @@ class RunSamVeteran(foo.Operator):
 
     def __call__(self, sample_collection, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
                  label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
-                 max_steps: int = DEFAULT_MAX_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False,
-                 max_new_tokens: int = MAX_NEW_TOKENS, delegate: bool = False):
-        params = {"policy": policy, "segmenter": segmenter, "label_field": label_field,
+                 max_steps: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False,
+                 max_new_tokens: int = MAX_NEW_TOKENS, family: str = AUTO_FAMILY, delegate: bool = False):
+        params = {"policy": policy, "segmenter": segmenter, "label_field": label_field, "family": family,
                   "prompt_field": prompt_field, "max_steps": max_steps, "batch_size": batch_size,
                   "overwrite": overwrite, "max_new_tokens": max_new_tokens}
         return call_operator(self.uri, sample_collection, params, delegate)

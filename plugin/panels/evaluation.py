@@ -17,6 +17,7 @@ from fiftyone import ViewField as F
 
 from ..curation.bands import IOU_BAND_EDGES, band_bounds, band_filter
 from ..evaluation import RUN_TYPE
+from ..metrics import get_convention
 
 NONE = "(none)"
 COLORS = ("#ff6d04", "#2b7bba")  # first and compared evaluation
@@ -162,6 +163,8 @@ def curve_traces(results: dict) -> list[dict]:
         steps = [p["step"] for p in curve]
         ids = [f"{key}|{s}" for s in steps]
         for metric, dash in (("gIoU", "solid"), ("cIoU", "dot")):
+            if metric == "cIoU" and not get_convention(result.protocol).has_ciou:
+                continue
             traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{key} {metric}", "x": steps,
                            "y": [p[metric] for p in curve], "ids": ids, "line": {"color": color, "dash": dash}})
     return traces
