@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..agent.images import decoder_message
+
 logger = logging.getLogger(__name__)
 
 IGNORE = 255
@@ -58,8 +60,8 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise MalformedItem(f"cannot read image {path.name}: {exc}") from None
+    except Exception as exc:  # whatever one file makes a decoder raise fails that item alone
+        raise MalformedItem(f"cannot read image {path.name}: {decoder_message(exc)}") from None
     return (height, width) if orientation in _ROTATED_ORIENTATIONS else (width, height)
 
 

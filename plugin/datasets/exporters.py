@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
+from ..agent.images import decoder_message
 from .common import IGNORE, MalformedItem, image_size
 from .polygons import mask_polygons
 from .reasonseg import IMAGE_EXTENSIONS, SPLITS as REASONSEG_SPLITS
@@ -274,8 +275,12 @@ def _write_image(source: Path, folder: Path, name: str) -> str:
     if suffix in IMAGE_EXTENSIONS:
         shutil.copyfile(source, folder / f"{name}{suffix}")
         return f"{name}{suffix}"
-    with Image.open(source) as image:
-        ImageOps.exif_transpose(image).save(folder / f"{name}.png")
+    try:
+        with Image.open(source) as image:
+            ImageOps.exif_transpose(image).save(folder / f"{name}.png")
+    except Exception as exc:  # a file whose header reads but whose pixels do not: named, and nothing is written
+        raise ValueError(f"cannot convert image {source} to PNG: {decoder_message(exc)}; nothing was written") \
+            from None
     return f"{name}.png"
 
 
