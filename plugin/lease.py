@@ -45,14 +45,22 @@ def _server_time():
     return foo.get_db_conn().command("hello")["localTime"]
 
 
+def process_gone(host: str, pid: int) -> bool:
+    """True only when `host` is this machine and no process `pid` runs on it (another host's cannot be seen)."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a process of another user: it exists
+        pass
+    return False
+
+
 def _alive(holder: dict, now, timeout: float) -> bool:
-    if holder["host"] == socket.gethostname():
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # a process of another user: it exists
-            pass
+    if process_gone(holder["host"], holder["pid"]):
+        return False
     return (now - holder["heartbeat"]).total_seconds() <= timeout
 
 
