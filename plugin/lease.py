@@ -49,6 +49,8 @@ def process_gone(host: str, pid: int) -> bool:
     """True only when `host` is this machine and no process `pid` runs on it (another host's cannot be seen)."""
     if host != socket.gethostname():
         return False
+    if pid <= 0:  # no process has it (and os.kill would address a process group)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
