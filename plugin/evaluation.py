@@ -9,6 +9,12 @@ step (a step's full-size mask is its detection mask pasted at its box) and write
 (one IoU per mask the agent produced). The refinement curve carries each sample's last mask forward: a sample the
 agent stopped at step 1 still counts at steps 2 and 3 with its step-1 mask, so every point of the curve covers
 the same samples. A sample with no prediction counts as an empty mask at every step.
+
+A run replaces an earlier one of the same key only once it is complete: names, fields and the view are checked
+before anything is registered, every sample is scored before anything is written, and the new run is written under
+a staging key (``<eval_key>_sv_staging``) that is swapped into place at the end. Saving the staging run's results
+is the commit point: an evaluation killed before it leaves the earlier one intact (the staging run is deleted by
+the next `evaluate` of that key), one killed after it is finished by the next `evaluate` of that key.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import fiftyone as fo
 import fiftyone.core.evaluation as foe
 import numpy as np
 
+from .agent.images import decoder_message
 from .curation.bands import histogram_edges
 from .labels import AgentFields, placed_crop
 from .metrics import DEFAULT_CONVENTION, get_convention, item_ious, score_crop, score_item, summarize_counts
@@ -27,6 +34,7 @@ RUN_TYPE = "reasoning_segmentation"  # the config type that marks this plugin's 
 CHUNK = 128  # samples whose masks are in memory at once
 HISTOGRAM_BINS = 10
 QUERY_TYPES = {True: "sentence", False: "phrase"}
+STAGING_SUFFIX = "_sv_staging"  # see `staging_key`; panels and listings can leave such keys out
 
 
 def evaluate(samples, pred_field: str, gt_field: str = "ground_truth", eval_key: str | None = "eval",
@@ -42,17 +50,59 @@ def evaluate(samples, pred_field: str, gt_field: str = "ground_truth", eval_key:
     get_convention(protocol)
     mask_field, steps_field = resolve_prediction_fields(samples, pred_field)
     _require_segmentation(samples, gt_field)
+    if not samples.count("id"):
+        raise ValueError(f"nothing to evaluate: the view of {samples._root_dataset.name!r} is empty")
     config = ReasonSegEvaluationConfig(pred_field, gt_field, protocol=protocol, mask_field=mask_field,
                                        steps_field=steps_field)
     method = config.build()
     if eval_key is not None:
+        finish_interrupted(samples._root_dataset, eval_key)
         method.validate_run(samples, eval_key, overwrite=overwrite)
+        _check_output_fields(samples, method, eval_key)
     results = method.evaluate_samples(samples, eval_key, progress)
     if eval_key is not None:
-        method.register_run(samples, eval_key, overwrite=overwrite)
-        method.write_fields(samples, eval_key, results)
-        method.save_run_results(samples, eval_key, results)
+        staging = staging_key(eval_key)
+        method.register_run(samples, staging, overwrite=False)
+        method.write_fields(samples, staging, results)
+        method.save_run_results(samples, staging, results)  # the commit point (see the module's docstring)
+        _swap(samples._root_dataset, eval_key)
     return results
+
+
+def staging_key(eval_key: str) -> str:
+    """The key a run of `eval_key` is written under until it replaces the earlier one."""
+    return f"{eval_key}{STAGING_SUFFIX}"
+
+
+def finish_interrupted(dataset, eval_key: str) -> None:
+    """Complete the swap of a killed evaluation of `eval_key` that had committed, or delete its staging run."""
+    staging = staging_key(eval_key)
+    if not dataset.has_evaluation(staging):
+        return
+    if foe.EvaluationMethod._get_run_doc(dataset, staging).results:  # saved results: the run was complete
+        _swap(dataset, eval_key)
+    else:
+        dataset.delete_evaluation(staging)
+
+
+def _swap(dataset, eval_key: str) -> None:
+    """Put the committed staging run in place of `eval_key`; each step can be repeated after a kill."""
+    if dataset.has_evaluation(eval_key):
+        dataset.delete_evaluation(eval_key)
+    dataset.rename_evaluation(staging_key(eval_key), eval_key)
+
+
+def _check_output_fields(samples, method: "ReasonSegEvaluation", eval_key: str) -> None:
+    """Refuse an `eval_key` whose fields (or staging fields) would overwrite fields no run of that key owns."""
+    dataset = samples._root_dataset
+    owned = set()
+    if dataset.has_evaluation(eval_key):
+        owned = set(dataset.get_evaluation_info(eval_key).config.build().get_fields(dataset, eval_key))
+    for key in (eval_key, staging_key(eval_key)):
+        for field in method.get_fields(samples, key):
+            if dataset.has_sample_field(field) and field not in owned:
+                raise ValueError(f"eval_key {eval_key!r} would write the field {field!r}, which {dataset.name!r} "
+                                 "already has and no evaluation of that key wrote; choose another eval_key")
 
 
 def resolve_prediction_fields(samples, pred_field: str) -> tuple[str, str | None]:
@@ -111,8 +161,11 @@ class ReasonSegEvaluation(foe.EvaluationMethod):
         samples._dataset.delete_sample_fields(self.get_fields(samples, eval_key), error_level=1)
 
     def rename(self, samples, eval_key, new_eval_key):
-        names = dict(zip(self.get_fields(samples, eval_key), self.get_fields(samples, new_eval_key)))
-        samples._dataset.rename_sample_fields(names)
+        dataset = samples._dataset  # fields already renamed by a rename cut off part-way are left as they are
+        names = {old: new for old, new in zip(self.get_fields(samples, eval_key),
+                                              self.get_fields(samples, new_eval_key)) if dataset.has_sample_field(old)}
+        if names:
+            dataset.rename_sample_fields(names)
 
     def _validate_run(self, samples, eval_key, existing_info):
         self._validate_fields_match(eval_key, "pred_field", existing_info)
@@ -162,11 +215,14 @@ def _read_chunk(chunk, config):
     ids = columns[0]
     ground_truths = []
     for sample_id, mask, mask_path in zip(ids, columns[1], columns[2]):
-        ground_truth = _mask(mask, mask_path)
+        ground_truth = _mask(mask, mask_path, sample_id)
         if ground_truth is None:
             raise ValueError(f"sample {sample_id} has no {gt} mask")
+        if ground_truth.ndim != 2:
+            raise ValueError(f"sample {sample_id}: the {gt} mask has shape {ground_truth.shape}; a ground truth is a "
+                             "2-D label mask (0 background, 1 target, 255 ignore), not an RGB image")
         ground_truths.append(ground_truth)
-    predictions = [_mask(m, p) for m, p in zip(columns[3], columns[4])]
+    predictions = [_mask(m, p, i) for i, m, p in zip(ids, columns[3], columns[4])]
     if not steps:
         return ids, ground_truths, predictions, [None] * len(ids), [False] * len(ids)
     step_rows = [list(zip(masks or [], boxes or [], numbers or [])) for masks, boxes, numbers in
@@ -174,9 +230,12 @@ def _read_chunk(chunk, config):
     return ids, ground_truths, predictions, step_rows, columns[8]
 
 
-def _mask(mask, mask_path) -> np.ndarray | None:
+def _mask(mask, mask_path, sample_id: str) -> np.ndarray | None:
     if mask is None and mask_path:
-        mask = fo.Segmentation(mask_path=mask_path).get_mask()
+        try:
+            mask = fo.Segmentation(mask_path=mask_path).get_mask()
+        except Exception as exc:  # any decoder error: the evaluation stops naming the sample and the file
+            raise ValueError(f"sample {sample_id}: cannot read mask {mask_path}: {decoder_message(exc)}") from None
     return mask
 
 

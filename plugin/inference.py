@@ -9,6 +9,10 @@ runs writing different label fields of one dataset at once both keep their field
 whole field list when a field is added, so each run re-declares its own fields on a reloaded schema, before its
 first batch, after its last one and at most every `REDECLARE_SECONDS` between (a reload costs tens of
 milliseconds: after every batch of 8 it cost as much as writing the labels, `bench/write_path.py`).
+Two runs on the same label field would interleave their labels: a run holds a lease on its field (`lease.py`),
+and a second run is refused while the first is alive; a killed run's lease is taken over by the next one.
+Everything that would stop a run part-way is checked first, before any model is loaded: the query field, label
+fields of another type, the lease.
 A re-run skips samples that already have results (`has_results`) unless `overwrite=True`, and retries those
 recorded as failures. A sample whose image cannot be read, whose query
 is missing, or on which the agent raises gets `failure_labels` with the reason; the run goes on.
@@ -27,6 +31,7 @@ from .agent import EndReason
 from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD,
                        DEFAULT_SEGMENTER)
 from .labels import LABEL_TYPES, has_results, label_fields
+from .lease import RunLease
 from .model import SamVeteranModel, prepare_input, run_inputs
 
 REDECLARE_SECONDS = 5.0
@@ -54,12 +59,13 @@ class RunProgress:
 def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str = DEFAULT_POLICY,
                    segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None, device: str | None = None,
                    label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
-                   batch_size: int = DEFAULT_BATCH_SIZE,
-                   overwrite: bool = False, **policy_kwargs) -> Iterator[RunProgress]:
+                   batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False, run_id: str | None = None,
+                   **policy_kwargs) -> Iterator[RunProgress]:
     """Run the agent batch by batch, writing each batch when it finishes; yields progress after each batch.
 
     `model` is used when given; otherwise one is loaded from `policy` and `segmenter` (only if a sample needs it),
-    with `policy_kwargs` such as ``family="seg_zero"``; `max_steps` None is the family's default.
+    with `policy_kwargs` such as ``family="seg_zero"``; `max_steps` None is the family's default. Worker processes
+    of one run share its lease by passing the same `run_id`.
     """
     started = time.perf_counter()
     if samples.get_field(prompt_field) is None:
@@ -67,15 +73,27 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
                          f"{', '.join(samples.get_field_schema())})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    dataset = samples._dataset
+    fields = label_fields(label_field)
+    _check_label_fields(dataset, fields)
+    with RunLease(dataset, label_field, run_id) as lease:
+        yield from _run(samples, model, lease, label_field, started, policy=policy, segmenter=segmenter,
+                        max_steps=max_steps, device=device, prompt_field=prompt_field, batch_size=batch_size,
+                        overwrite=overwrite, **policy_kwargs)
+
+
+def _run(samples, model, lease: RunLease, label_field: str, started: float, *, policy, segmenter, max_steps,
+         device, prompt_field, batch_size, overwrite, **policy_kwargs) -> Iterator[RunProgress]:
+    """The run itself, once checked and holding the field's lease."""
+    dataset = samples._dataset
+    fields = label_fields(label_field)
     todo = samples if overwrite else samples.match(~has_results(label_field))
     ids, filepaths, queries = todo.values(["id", "filepath", prompt_field])
-    total = samples.count()
+    total = samples.count("id")  # counted, not estimated: an unclean database restart leaves the estimate stale
     progress = RunProgress(total=total, skipped=total - len(ids), to_run=len(ids))
     if ids and model is None:
         model = SamVeteranModel(policy=policy, segmenter=segmenter, max_steps=max_steps, device=device,
                                 **policy_kwargs)
-    dataset = samples._dataset
-    fields = label_fields(label_field)
     if ids:
         _declare_fields(dataset, fields)
     declared = time.perf_counter()
@@ -83,6 +101,7 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
         batch = slice(start, start + batch_size)
         inputs = [prepare_input(path, query, prompt_field) for path, query in zip(filepaths[batch], queries[batch])]
         labels = run_inputs(model.agent, inputs)
+        lease.check()
         for key in ("steps", "clicks", "mask"):  # the mask, which marks a sample done, last
             dataset.set_values(fields[key], dict(zip(ids[batch], (label[key] for label in labels))),
                                key_field="id")
@@ -96,6 +115,18 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
     if not ids:
         progress.seconds = round(time.perf_counter() - started, 3)
         yield progress
+
+
+def _check_label_fields(dataset, fields: dict[str, str]) -> None:
+    """Refuse label fields that exist with another type: every write of the run would fail on them."""
+    for key, field in fields.items():
+        found = dataset.get_field(field)
+        expected = LABEL_TYPES[key]
+        if found is not None and getattr(found, "document_type", None) is not expected:
+            kind = getattr(found, "document_type", None) or type(found)
+            raise ValueError(f"the field {field!r} of {dataset.name!r} holds {kind.__name__} values, not "
+                             f"{expected.__name__}: the agent's {key} labels cannot go there. Choose another "
+                             f"label_field, or delete or rename {field!r}")
 
 
 def _declare_fields(dataset, fields: dict[str, str]) -> None:

@@ -26,6 +26,8 @@ from .agent.images import ImageLoadError, load_image
 from .defaults import DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_SEGMENTER
 from .labels import failure_labels, trace_to_labels
 
+MAX_ASPECT_RATIO = 200  # Qwen-VL image processors refuse longer sides over 200x the shorter
+
 
 @dataclass
 class SampleInput:
@@ -42,9 +44,14 @@ def prepare_input(filepath: str | os.PathLike, query, prompt_field: str = "query
         problem = "is missing" if query is None else f"is not usable text ({query!r})"
         return SampleInput(None, f"the query in field '{prompt_field}' {problem}: {filepath}")
     try:
-        return SampleInput(AgentInput(load_image(filepath) if image is None else image, query))
+        image = load_image(filepath) if image is None else image
     except ImageLoadError as exc:
         return SampleInput(None, str(exc))
+    height, width = np.shape(image)[:2]
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        return SampleInput(None, f"image is {width}x{height}: its aspect ratio is beyond {MAX_ASPECT_RATIO}:1, the "
+                                 f"most the policy's image processor accepts: {filepath}")
+    return SampleInput(AgentInput(image, query))
 
 
 def run_inputs(agent: Agent, inputs: Sequence[SampleInput]) -> list[dict]:

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 
 class ImageLoadError(ValueError):
-    """An image file is missing, empty, truncated or not an image."""
+    """An image file is missing, empty, truncated, not an image, or one its decoder cannot handle."""
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -29,8 +29,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb_array(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(f"cannot read image {path}: {exc}") from None
+    except Exception as exc:  # whatever one file makes a decoder raise (NotImplementedError for an odd DDS...)
+        raise ImageLoadError(f"cannot read image {path}: {decoder_message(exc)}") from None
+
+
+def decoder_message(exc: Exception) -> str:
+    """The decoder's own message, with the exception type where that message alone says little."""
+    text = str(exc)
+    if isinstance(exc, (OSError, SyntaxError, ValueError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:

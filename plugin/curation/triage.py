@@ -19,25 +19,35 @@ The score is a weighted mean of five risks, each in [0, 1]::
 
 with `DEFAULT_WEIGHTS` (a failure counts double: its mask is whatever was left when the answers stopped making
 sense). IoUs follow LISA: two empty masks agree (IoU 1), a missing mask is an empty one. Samples the agent never
-ran on get no score and the reason ``not_run``.
+ran on get no score and the reason ``not_run``. A sample whose mask file cannot be read (any decoder error) gets
+the reason ``unreadable_mask`` and score 1, and the file is logged: it needs a look more than any other.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import fiftyone.core.fields as fof
 import numpy as np
 
+from ..agent.images import decoder_message
 from ..agent.trace import EndReason
 from ..defaults import DEFAULT_LABEL_FIELD
 from ..labels import FAILURES, AgentFields, placed_crop
 from ..metrics import mask_iou
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_WEIGHTS = {"failure": 2.0, "step_cap": 1.0, "confidence": 1.0, "step_change": 1.0, "disagreement": 1.0}
 CHUNK = 128  # samples whose masks are in memory at once
 RUN_REASONS = (*FAILURES, EndReason.STEP_CAP)  # the end reasons that are review reasons too
-REASONS = ("not_run", *(r.value for r in RUN_REASONS), "low_confidence", "large_change", "disagreement")
+REASONS = ("not_run", "unreadable_mask", *(r.value for r in RUN_REASONS), "low_confidence", "large_change",
+           "disagreement")
+
+
+class MaskReadError(ValueError):
+    """A label's mask file cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,10 @@ def triage(samples, label_field: str = DEFAULT_LABEL_FIELD, compare_field: str |
         for sample_id, mask, detections, other in zip(ids[start:start + CHUNK], masks, steps, others):
             try:
                 rows.append(_triage_one(mask, detections, other, other_field is not None, weights, thresholds))
+            except MaskReadError as exc:
+                logger.warning("sample %s: %s", sample_id, exc)
+                rows.append({"confidence": None, "step_change": None, "disagreement": None,
+                             "reasons": ["unreadable_mask"], "score": 1.0})
             except ValueError as exc:
                 raise ValueError(f"sample {sample_id}: {exc}") from None
     names = ["confidence", "step_change"] + (["disagreement"] if compare_field else []) + ["reasons", "score"]
@@ -117,7 +131,10 @@ def _binary(label) -> np.ndarray | None:
     """A Segmentation label's mask as a boolean image (nonzero = object; any channel for RGB masks), or None."""
     if label is None or not label.has_mask:
         return None
-    mask = label.get_mask()
+    try:
+        mask = label.get_mask()
+    except Exception as exc:  # any decoder error fails this sample's triage alone
+        raise MaskReadError(f"cannot read mask {label.mask_path}: {decoder_message(exc)}") from None
     return mask.any(axis=2) if mask.ndim == 3 else mask.astype(bool)
 
 

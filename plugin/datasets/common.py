@@ -2,14 +2,21 @@
 
 Malformed items are skipped and reported (a `Skipped` record names the file and the reason, logged and kept in
 ``dataset.info["import"]["skipped"]``); a file name that points outside the dataset folder stops the import with
-`UnsafePathError`. Samples are added in chunks into a fresh dataset that is deleted again if anything fails, so a
-failed import leaves nothing behind.
+`UnsafePathError`. Samples are added in chunks into a staging dataset (``sam-veteran-importing-...``) that gets
+its final name only when complete, so a failed or killed import never leaves a partial dataset under that name,
+and an earlier dataset it replaces (``overwrite=True``) stays until then. A failed import deletes its staging
+dataset; the next import cleans up those of killed imports (and finishes one killed after it was complete, while
+swapping it into place), and logs those of imports still running elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -18,11 +25,15 @@ import numpy as np
 from PIL import Image
 
 from ..metrics import IGNORE  # noqa: F401  (the importers and exporters read it from here)
+from ..agent.images import decoder_message
+from ..lease import process_gone
 
 logger = logging.getLogger(__name__)
 
 COORDINATE_TOLERANCE = 1.0  # pixels a polygon point may lie outside the image (annotation tools snap to the edge)
 CHUNK = 64
+STAGING_PREFIX = "sam-veteran-importing-"  # the name of a dataset being imported
+STAGING_INFO = "sam_veteran_staging"  # in its info: final name, importing host and pid, complete yet
 _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
@@ -59,8 +70,8 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise MalformedItem(f"cannot read image {path.name}: {exc}") from None
+    except Exception as exc:  # whatever one file makes a decoder raise fails that item alone
+        raise MalformedItem(f"cannot read image {path.name}: {decoder_message(exc)}") from None
     return (height, width) if orientation in _ROTATED_ORIENTATIONS else (width, height)
 
 
@@ -99,38 +110,78 @@ def _draw(mask: np.ndarray, points: np.ndarray, value: int) -> np.ndarray:
     return mask
 
 
-def create_dataset(name: str | None, overwrite: bool, persistent: bool):
-    """A new empty dataset; an existing `name` is replaced only with `overwrite`."""
-    import fiftyone as fo
-
-    if name and fo.dataset_exists(name):
-        if not overwrite:
-            raise ValueError(f"dataset {name!r} already exists; pass overwrite=True to replace it")
-        fo.delete_dataset(name)
-    dataset = fo.Dataset(name)
-    dataset.persistent = persistent
-    return dataset
-
-
 def load_all_or_nothing(samples: Iterable, skipped: list[Skipped], info: dict, name: str | None, overwrite: bool,
                         persistent: bool, source: str):
-    """Add the samples (a generator that may append to `skipped` as it goes) to a new dataset, in chunks; on any
-    failure, or when no item survives, delete the dataset and raise."""
-    dataset = create_dataset(name, overwrite, persistent)
+    """Add the samples (a generator that may append to `skipped` as it goes) in chunks to a staging dataset and give
+    it `name` once complete; on any failure, or when no item survives, delete the staging dataset and raise."""
+    import fiftyone as fo
+
+    clean_interrupted_imports()
+    if name and fo.dataset_exists(name) and not overwrite:
+        raise ValueError(f"dataset {name!r} already exists; pass overwrite=True to replace it")
+    target = name or fo.get_default_dataset_name()
+    dataset = fo.Dataset(f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+    dataset.info[STAGING_INFO] = {"target": target, "host": socket.gethostname(), "pid": os.getpid(),
+                                  "complete": False}
+    dataset.save()
     try:
         for chunk in _chunks(samples, CHUNK):
             dataset.add_samples(chunk, progress=False)
-        if not len(dataset):
+        if not dataset.count("id"):
             reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:5])
             raise ValueError(f"no items imported from {source}" + (f" (skipped: {reasons})" if reasons else ""))
-        dataset.info["import"] = {**info, "items": len(dataset), "skipped": [asdict(s) for s in skipped]}
+        dataset.info["import"] = {**info, "items": dataset.count("id"), "skipped": [asdict(s) for s in skipped]}
+        dataset.info[STAGING_INFO]["complete"] = True  # the commit point: from here the import is finished
+        dataset.persistent = persistent
         dataset.save()
     except BaseException:
         dataset.delete()
         raise
+    _swap_in(dataset)
     for entry in skipped:
         logger.warning("skipped %s: %s", entry.file, entry.reason)
     return dataset
+
+
+def clean_interrupted_imports() -> list[str]:
+    """Delete the staging datasets of killed imports (finishing the swap of one that was complete) and return the
+    names of those still held by a live import, or by one on another host, which are left alone."""
+    import fiftyone as fo
+
+    running = []
+    for staging in fo.list_datasets(glob_patt=f"{STAGING_PREFIX}*"):
+        try:
+            dataset = fo.load_dataset(staging)
+        except ValueError:  # deleted meanwhile by the import that held it
+            continue
+        mark = dataset.info.get(STAGING_INFO)
+        if mark is None:  # killed before it was marked, or an import that is marking it right now
+            fresh = (datetime.now(timezone.utc).replace(tzinfo=None) - dataset.created_at).total_seconds() < 60
+            mark = {"host": socket.gethostname(), "pid": os.getpid() if fresh else -1}
+        if not process_gone(mark["host"], mark["pid"]):
+            running.append(staging)
+        elif mark.get("complete") and not fo.dataset_exists(mark["target"]):
+            logger.warning("finishing the interrupted import of %r", mark["target"])
+            _swap_in(dataset)
+        else:
+            logger.warning("deleting %r, left by an import killed part-way", staging)
+            dataset.delete()
+    if running:
+        logger.warning("imports in progress (or killed on another host; delete them with fo.delete_dataset): %s",
+                       ", ".join(running))
+    return running
+
+
+def _swap_in(dataset) -> None:
+    """Give a complete staging dataset its final name, replacing a dataset of that name."""
+    import fiftyone as fo
+
+    target = dataset.info[STAGING_INFO]["target"]
+    if fo.dataset_exists(target):
+        fo.delete_dataset(target)
+    dataset.name = target
+    dataset.info.pop(STAGING_INFO)
+    dataset.save()
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

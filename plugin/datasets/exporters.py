@@ -11,9 +11,10 @@
   samples carry them and they do not clash, otherwise new ones are given.
 
 Both read the ground truth from `gt_field` (0 background, 1 target, 255 ignore) and the split from the sample's
-tag, or put everything in `split`. An export is written into a temporary folder beside `export_dir` and moved in
-place when complete, so a failure leaves nothing half-written; an existing non-empty `export_dir` is replaced
-only with ``overwrite=True`` and only when it holds a previous export (never a folder this code did not write).
+tag, or put everything in `split`. An export is written into a staging folder beside `export_dir` and renamed into
+place when complete, so a failure or a kill leaves nothing half-written; an existing non-empty `export_dir` is
+replaced only with ``overwrite=True``, only when it holds a previous export (never a folder this code did not
+write), and by renaming it aside first, never by deleting it first (see `_export_folder`).
 Samples that cannot be exported (no ground truth, no query, a missing image, a mask of the wrong size) stop the
 export before anything is written, each named with its problem.
 """
@@ -21,11 +22,14 @@ export before anything is written, each named with its problem.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
+import os
 import pickle
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
+from ..agent.images import decoder_message
+from ..lease import process_gone
 from .common import IGNORE, MalformedItem, image_size
 from .polygons import mask_polygons
 from .reasonseg import IMAGE_EXTENSIONS, SPLITS as REASONSEG_SPLITS
@@ -42,6 +48,7 @@ from .refcoco import DATASETS, DEFAULT_IMAGES, DEFAULT_SPLIT_BY, SPLIT_BYS
 logger = logging.getLogger(__name__)
 
 MANIFEST = ".sam_veteran_export"  # marks a folder written here (a dot file: the ReasonSeg reader globs *.json)
+OWNER = ".sam_veteran_owner"  # in a staging folder while it is written: the exporting host and pid
 REFER_SPLITS = ("train", "val", "test", "testA", "testB")
 MAX_PROBLEMS_SHOWN = 10
 CHUNK = 128  # samples whose masks are in memory at once
@@ -275,8 +282,12 @@ def _write_image(source: Path, folder: Path, name: str) -> str:
     if suffix in IMAGE_EXTENSIONS:
         shutil.copyfile(source, folder / f"{name}{suffix}")
         return f"{name}{suffix}"
-    with Image.open(source) as image:
-        ImageOps.exif_transpose(image).save(folder / f"{name}.png")
+    try:
+        with Image.open(source) as image:
+            ImageOps.exif_transpose(image).save(folder / f"{name}.png")
+    except Exception as exc:  # a file whose header reads but whose pixels do not: named, and nothing is written
+        raise ValueError(f"cannot convert image {source} to PNG: {decoder_message(exc)}; nothing was written") \
+            from None
     return f"{name}.png"
 
 
@@ -324,8 +335,12 @@ def _unique_name(stem: str, taken) -> str:
 
 @contextlib.contextmanager
 def _export_folder(export_dir: str | Path, overwrite: bool, kind: str):
-    """A fresh folder to write into, moved to `export_dir` when the export completes (removed if it fails)."""
+    """A fresh staging folder to write into, swapped in place of `export_dir` when the export completes (removed if
+    it fails). An earlier export is renamed aside, never deleted first, so a kill at any point leaves it or the
+    new one at `export_dir` (or aside, restored by the next export there); staging folders of killed exports
+    are removed by the next export to the same place."""
     target = Path(export_dir)
+    _clean_interrupted(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         if not overwrite:
             raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace an export")
@@ -334,13 +349,38 @@ def _export_folder(export_dir: str | Path, overwrite: bool, kind: str):
                                   "refusing to delete it: choose an empty or new folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    (staging / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), encoding="utf-8")
     staging.chmod(0o755)
     try:
         yield staging
+        (staging / OWNER).unlink()
         (staging / MANIFEST).write_text(json.dumps({"format": kind}), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    previous = target.parent / f".{target.name}.previous"
+    if target.exists():
+        target.rename(previous)  # an empty folder too: `rename` onto it would need it gone first
+    staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _clean_interrupted(target: Path) -> None:
+    """Undo what a killed export to `target` left: put an earlier export set aside back if nothing replaced it,
+    and remove staging folders whose process is gone (those of live exports, or other hosts', are kept)."""
+    previous = target.parent / f".{target.name}.previous"
+    if previous.is_dir():
+        if target.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            previous.rename(target)
+    for staging in target.parent.glob(f".{glob.escape(target.name)}.partial-*"):
+        try:
+            owner = json.loads((staging / OWNER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # complete, or killed before its owner was written: nobody's
+            owner = {"host": socket.gethostname(), "pid": -1}
+        if process_gone(owner["host"], owner["pid"]):
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            logger.warning("%s belongs to an export in progress (process %s on %s); left alone", staging,
+                           owner["pid"], owner["host"])

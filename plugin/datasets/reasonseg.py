@@ -60,8 +60,9 @@ def _samples(root: Path, folders: list[tuple[Path, str]], first_text_only: bool,
 
     for folder, tag in folders:
         for json_path in sorted(folder.glob("*.json")):
-            source = json_path.relative_to(root).as_posix()
+            source = json_path.relative_to(root).as_posix().encode("utf-8", "backslashreplace").decode("utf-8")
             try:
+                _check_text(json_path.name, "its file name")
                 image_path, texts, is_sentence, mask = read_item(json_path)
             except MalformedItem as exc:
                 skipped.append(Skipped(source, str(exc)))
@@ -84,6 +85,9 @@ def read_item(json_path: Path):
         texts = [texts]
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise MalformedItem("'text' must be a non-empty list of non-empty strings")
+    for index, text in enumerate(texts):
+        _check_text(text, f"text {index}")
+    _check_text(image_path.name, "the image's file name")
     shapes = annotation.get("shapes")
     if not isinstance(shapes, list):
         raise MalformedItem("'shapes' must be a list")
@@ -97,8 +101,27 @@ def read_item(json_path: Path):
             continue
         points = check_polygon(shape.get("points"), width, height, f"shape {index} ({label})")
         polygons.append((points, IGNORE if "ignore" in label else 1))
-    return image_path, [t.strip() for t in texts], bool(annotation.get("is_sentence", False)), \
+    return image_path, [t.strip() for t in texts], _is_sentence(annotation.get("is_sentence", False)), \
         fill_polygons(polygons, width, height)
+
+
+def _check_text(text: str, what: str) -> None:
+    """Text the database can store: valid Unicode (a lone surrogate such as ``\\ud800`` in the JSON is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedItem(f"{what} is not valid Unicode ({exc.reason} at character {exc.start})") from None
+
+
+def _is_sentence(value) -> bool:
+    """LISA's flag as a real boolean: true/false, 0/1, or the strings "true"/"false"; anything else is malformed."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise MalformedItem(f"'is_sentence' must be true or false, not {value!r}")
 
 
 def _read_json(path: Path) -> dict:
@@ -110,6 +133,8 @@ def _read_json(path: Path) -> dict:
             break
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue
+        except RecursionError:
+            raise MalformedItem("the JSON is nested too deeply to read") from None
     else:
         raise MalformedItem("not valid JSON")
     if not isinstance(data, dict):

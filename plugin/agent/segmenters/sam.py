@@ -91,16 +91,37 @@ def build_sam(model_type: str) -> Sam:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read tensors only: safetensors, or a pickle restricted to tensors (`weights_only=True`)."""
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """Read tensors only: safetensors, or a pickle restricted to tensors (`weights_only=True`).
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    A file that is not such a checkpoint gets a `ValueError` saying so; torch's own message for a refused pickle,
+    which suggests ``weights_only=False`` (letting the file run code), is never passed on."""
+    path = os.fspath(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a segment-anything checkpoint (a .pth of tensors or a .safetensors file): "
+                         f"{_unreadable_reason(exc)}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a segment-anything checkpoint: it holds a {type(state).__name__}, not a "
+                         "dictionary of tensors")
     return state
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    """Why torch or safetensors could not read a file, in words that never advise turning safe loading off."""
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if refused:
+        return f"it refers to the unsupported global {refused.group(1)}, which could run code; it was not loaded"
+    if "weights_only" in str(exc) or isinstance(exc, (IndexError, EOFError, KeyError)) or not str(exc):
+        return "it is not a PyTorch file of tensors (or it is cut off)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def architecture_of(state: dict[str, torch.Tensor]) -> str:
