@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .rewards import RewardConfig
+from .rewards import TASKS, RewardConfig
 from .tasks import TaskConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -37,10 +37,25 @@ class SamplingConfig:
     """Dynamic sampling (DAPO-inspired): oversample, then keep a diverse group; off after `steps`."""
 
     enabled: bool = True
-    oversample: int = 2  # candidates generated per kept completion
+    # candidates generated per kept completion: one number, or one per task (clicks need more than boxes to find
+    # the 1:2:2:1 mix), e.g. {grounding: 2, mask: 4, auxiliary: 4}; a task left out gets 2
+    oversample: int | dict[str, int] = 2
     nms_iou: float = 0.8
     action_ratio: tuple[float, float, float, float] = (1, 2, 2, 1)  # stop, positive, negative, both
     steps: int = 300
+    min_kept_share: float = 0.25  # warn when a task's share of groups meeting the target stays below this ...
+    warn_window: int = 10  # ... over this many consecutive generation batches
+
+    def __post_init__(self) -> None:
+        values = self.oversample.values() if isinstance(self.oversample, dict) else [self.oversample]
+        unknown = set(self.oversample) - set(TASKS) if isinstance(self.oversample, dict) else set()
+        if unknown or any(not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"sampling.oversample must be an integer >= 1 or a mapping of {TASKS} to such "
+                             f"integers, got {self.oversample!r}")
+
+    def factor(self, task: str) -> int:
+        """How many times as many candidates as kept completions `task` generates."""
+        return self.oversample.get(task, 2) if isinstance(self.oversample, dict) else self.oversample
 
 
 @dataclass
