@@ -1,6 +1,7 @@
 """The TRL seam: the overrides run, a second-round candidate chosen by dynamic sampling is the one whose log-probs
 reach the loss, oversampling is one generation call, and a changed TRL fails loudly."""
 
+import logging
 import uuid
 
 import pytest
@@ -169,3 +170,22 @@ def test_a_batch_that_should_be_oversampled_but_is_not_fails_loudly(tmp_path, ti
     with pytest.raises(TRLIncompatible, match="should have been oversampled"):
         trainer._generate_and_score_completions(inputs)
 
+
+
+def test_stop_rates_are_logged_per_case_and_a_low_kept_share_warns(tmp_path, tiny_models, scenes, caplog):
+    trainer, inputs = mask_trainer(tmp_path, tiny_models, scenes, sampling__warn_window=1)
+    tokenizer = trainer.processing_class.tokenizer
+    trainer.attach_generation_engine(ScriptedEngine(tokenizer, SCRIPT, [-7.0] * len(SCRIPT)))
+    trainer._generate_and_score_completions(inputs)
+    metrics = trainer._metrics["train"]
+    cases = {x["record"].case for x in inputs} & {"good", "refine"}
+    assert cases
+    for case in cases:  # each group keeps one stop among its four completions
+        assert metrics[f"stopping/{case}/stop_rate"] == [0.25] == metrics[f"tasks/mask/stop_rate_{case}"]
+    assert metrics["dynamic_sampling/mask/kept_group_share"] == [1.0]
+
+    trainer.attach_generation_engine(ScriptedEngine(tokenizer, [click_answer()] * len(SCRIPT), [-7.0] * len(SCRIPT)))
+    with caplog.at_level(logging.WARNING, logger="sam_veteran.trainer.grpo"):
+        trainer._generate_and_score_completions(inputs)  # only stops: the 1:2:2:1 mix cannot be met
+    assert metrics["dynamic_sampling/mask/kept_group_share"][-1] == 0.0
+    assert "raise sampling.oversample for mask (now 2)" in caplog.text

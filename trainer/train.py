@@ -243,20 +243,9 @@ def train(config: TrainConfig, view=None, extra_rewards: list | None = None,
     from accelerate import PartialState
 
     state = PartialState(cpu=config.use_cpu)  # first, so every later PartialState() is this one
-    output_dir = Path(config.output_dir)
-    earlier = earlier_run_files(output_dir)  # read by every process before any writes
-    state.wait_for_everyone()
-    if earlier and not config.resume_from_checkpoint:
-        if not config.overwrite_output_dir:
-            raise FileExistsError(f"{output_dir} holds another run ({', '.join(p.name for p in earlier[:4])}): "
-                                  "resume it (resume_from_checkpoint, --resume), overwrite it (overwrite_output_dir, "
-                                  "--overwrite) or choose another output_dir")
-        if state.is_main_process:
-            for path in earlier:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    output_dir = prepare_output_dir(config, state)
     policy, segmenter = resolve_models(config)
     if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         ran = dataclasses.replace(config, policy=policy, segmenter=segmenter)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(ran), sort_keys=False))
     state.wait_for_everyone()
@@ -286,6 +275,26 @@ def _train(config: TrainConfig, view, output_dir: Path, extra_rewards, callbacks
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir=output_dir, final_model=final, metrics_log=output_dir / "metrics.jsonl",
                        global_step=trainer.state.global_step, num_records=len(records))
+
+
+def prepare_output_dir(config: TrainConfig, state) -> Path:
+    """The output folder, made; one that holds another run is refused unless this run resumes it or overwrites it
+    (then that run's files are removed). Every process reads the folder before the main process changes it."""
+    output_dir = Path(config.output_dir)
+    earlier = earlier_run_files(output_dir)
+    state.wait_for_everyone()
+    if earlier and not config.resume_from_checkpoint:
+        if not config.overwrite_output_dir:
+            raise FileExistsError(f"{output_dir} holds another run ({', '.join(p.name for p in earlier[:4])}): "
+                                  "resume it (resume_from_checkpoint, --resume), overwrite it (overwrite_output_dir, "
+                                  "--overwrite) or choose another output_dir")
+        if state.is_main_process:
+            for path in earlier:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    return output_dir
 
 
 def earlier_run_files(output_dir: Path) -> list[Path]:
