@@ -139,7 +139,7 @@ class TaskConfig:
             raise ValueError(f"defect kinds are 'add', 'remove', 'both', got {sorted(self.defect_kinds)}")
 
 
-def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
+def read_view(view, prompt_field: str = "query", gt_field: str = "ground_truth",
               chunk_size: int = 1000) -> list[SampleRecord]:
     """Read queries and ground-truth masks (`fo.Segmentation`: 0 background, 1 target, 255 ignore) in bulk,
     `chunk_size` samples per `values()` call, so only one chunk of full masks is ever in memory.
@@ -150,14 +150,14 @@ def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
     missing = view.exists("metadata", False)
     if len(missing):
         missing.compute_metadata()
-    fields = ["id", "filepath", query_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
+    fields = ["id", "filepath", prompt_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
               "metadata.height"]
     ids = view.values("id")
     records, skipped = [], []
     for start in range(0, len(ids), chunk_size):
         chunk = view.select(ids[start : start + chunk_size], ordered=True)
         for values in zip(*chunk.values(fields)):
-            record = _sample_record(*values, query_field=query_field, gt_field=gt_field)
+            record = _sample_record(*values, prompt_field=prompt_field, gt_field=gt_field)
             if isinstance(record, str):
                 skipped.append(record)
             else:
@@ -169,11 +169,11 @@ def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
     return records
 
 
-def _sample_record(sample_id, path, query, mask, mask_path, width, height, query_field: str,
+def _sample_record(sample_id, path, query, mask, mask_path, width, height, prompt_field: str,
                    gt_field: str) -> SampleRecord | str:
     """The sample's record, or why it cannot be used."""
     if not isinstance(query, str) or not query.strip():
-        return f"{sample_id}: no query in '{query_field}'"
+        return f"{sample_id}: no query in '{prompt_field}'"
     if mask is None and mask_path:
         mask = np.asarray(Image.open(mask_path))
     if mask is None:

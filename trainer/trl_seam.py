@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from contextlib import contextmanager
 
 import torch
@@ -154,13 +155,17 @@ class GRPOSeam(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         inputs, size = self._batch_inputs, self.num_generations
         factors = self.oversample_factors(inputs) if len(prompt_ids) == len(inputs) else []
+        start = time.perf_counter()
         if not any(f > 1 for f in factors):
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
+            output = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                   has_tool_images)
+            self.add_metric("timing/generation_s", time.perf_counter() - start)
+            return output
         rows = candidate_rows(factors, size)
         ids, logprobs = super()._generate_single_turn(
             [prompt_ids[r] for r in rows], None if images is None else [images[r] for r in rows],
             repeat_multimodal(multimodal_fields, rows, images), num_generations, has_tool_images)
+        self.add_metric("timing/generation_s", time.perf_counter() - start)
         texts = self.processing_class.batch_decode(ids, skip_special_tokens=True)
         starts = [sum(f * size for f in factors[:g]) for g in range(len(factors))]
         candidates = [texts[s : s + f * size] for s, f in zip(starts, factors)]
@@ -172,7 +177,9 @@ class GRPOSeam(GRPOTrainer):
         return [ids[p] for p in picks], None if logprobs is None else [logprobs[p] for p in picks]
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        start = time.perf_counter()
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self.add_metric("timing/rewards_s", time.perf_counter() - start)
         weights = self.reward_weights.to(rewards_per_func.device)
         self.observe_rewards(inputs, completions, (rewards_per_func * weights).nansum(dim=1).tolist())
         return rewards_per_func
