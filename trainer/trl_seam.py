@@ -11,7 +11,9 @@ TRL releases without notice, and a changed one would not fail: the trainer would
 
 Oversampling is one generation call for the whole batch: each group's prompt is repeated `factor x
 num_generations` times, so vLLM (colocate: one `llm.generate`; server: one request, `n=num_generations` per
-repeated prompt) and transformers (one `generate`, one ZeRO-3 weight gather) each run once per batch.
+repeated prompt) and transformers (one `generate`, one ZeRO-3 weight gather) each run once per batch. Where TRL
+splits vLLM's answer into equal slices per process (server mode, tensor-parallel colocation), every process
+oversamples by the largest factor any of them needs, so the slices line up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 
 import torch
 import trl
+from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 TESTED_TRL = ">=1.16,<1.17"
@@ -155,6 +158,9 @@ class GRPOSeam(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         inputs, size = self._batch_inputs, self.num_generations
         factors = self.oversample_factors(inputs) if len(prompt_ids) == len(inputs) else []
+        if factors and self._vllm_slices_equal_shares():
+            widest = max(gather_object([max(factors)]))
+            factors = [widest] * len(factors)
         start = time.perf_counter()
         if not any(f > 1 for f in factors):
             output = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
@@ -175,6 +181,13 @@ class GRPOSeam(GRPOTrainer):
             raise ValueError("choose_completions must pick num_generations candidates of each group's own")
         self._chosen_this_batch = True
         return [ids[p] for p in picks], None if logprobs is None else [logprobs[p] for p in picks]
+
+    def _vllm_slices_equal_shares(self) -> bool:
+        """Whether TRL's vLLM path hands each process an equal slice of everyone's completions (a server, or
+        colocated engines with tensor parallelism): then every process must ask for the same number of rows."""
+        if not self.use_vllm or self.accelerator.num_processes == 1:
+            return False
+        return self.vllm_mode == "server" or self.args.vllm_tensor_parallel_size > 1
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         start = time.perf_counter()
