@@ -37,6 +37,7 @@ def test_shipped_gpu_configs_train_sixteen_prompts_per_step(name, gpus, tmp_path
     config = load_config(CONFIG_DIR / name)
     prompts = config.per_device_train_batch_size * config.gradient_accumulation_steps * gpus // config.num_generations
     assert prompts == 16 and config.beta == 0.005
+    assert config.sampling.factor("mask") > config.sampling.factor("grounding")  # clicks need more candidates
     assert (config.per_device_train_batch_size * config.gradient_accumulation_steps) % config.num_generations == 0
     config.output_dir = str(tmp_path)
     if config.deepspeed:
