@@ -3,6 +3,7 @@ resuming keeps the step count and the optimiser state."""
 
 import json
 import uuid
+from pathlib import Path
 
 import fiftyone as fo
 import numpy as np
@@ -136,4 +137,6 @@ def test_cli_tiny_run(tmp_path):
     assert main(["train", "--tiny", "--max-steps", "1", "--output-dir", str(tmp_path / "cli"), "--json"]) == 0
     assert (tmp_path / "cli" / "final" / "config.json").exists()
     assert (tmp_path / "cli" / "metrics.jsonl").exists()
+    recorded = load_config(tmp_path / "cli" / "config.yaml")  # what ran: the tiny models, not the 7B defaults
+    assert Path(recorded.policy).name == "policy-qwen2_5_vl" and recorded.segmenter.endswith(".safetensors")
     assert fo.dataset_exists(tiny_dataset_name(tmp_path / "cli"))  # the generated scenes it trained on

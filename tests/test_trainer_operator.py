@@ -31,7 +31,7 @@ def test_the_train_operator_is_registered_and_delegated_only(installed_plugin, s
     options = TrainSamVeteran().resolve_execution_options(ctx)
     assert not options.allow_immediate_execution and options.allow_delegated_execution
     form = TrainSamVeteran().resolve_input(ctx).type
-    assert "query" in form.properties["query_field"].type.values
+    assert "query" in form.properties["prompt_field"].type.values
 
 
 def test_config_records_the_view(scenes):

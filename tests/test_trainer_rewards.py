@@ -87,6 +87,8 @@ def test_iou_gain_reward_tiers(before, after, expected):
 def test_a_correct_stop_earns_the_maximum_of_four():
     assert decision_reward(True, GOOD) + stop_gain_reward(GOOD) == 4.0
     assert decision_reward(True, REFINE) + stop_gain_reward(REFINE) == 0.0
+    assert stop_gain_reward(AMBIGUOUS) == 0.0 and stop_gain_reward(AMBIGUOUS, ambiguous=1.0) == 1.0
+    assert stop_gain_reward(REFINE, ambiguous=1.0) == 0.0
     assert decision_reward(False, REFINE) + iou_gain_reward(0.2, 0.9) == 4.0
 
 
@@ -103,8 +105,10 @@ def test_point_and_auxiliary_rewards_within_fifty_pixels():
     assert auxiliary_reward((12, 12), None, (10, 10), None) == 1.0
     assert auxiliary_reward((12, 12), (50, 50), (10, 10), None) == 0.0  # a spurious negative cancels the hit
     assert auxiliary_reward(None, None, (10, 10), None) == 0.0
-    with pytest.raises(ValueError):
-        auxiliary_reward(None, None, None, None)
+    # a clean item (no defect): stopping is the right answer, any click is wrong
+    assert auxiliary_reward(None, None, None, None) == 1.0
+    assert auxiliary_reward((12, 12), None, None, None) == 0.0
+    assert auxiliary_reward(None, (12, 12), None, None) == 0.0
 
 
 def test_format_rewards():

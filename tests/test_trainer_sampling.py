@@ -68,29 +68,23 @@ def test_selected_actions_meet_the_ratio_when_candidates_allow(types):
         assert Counter(types[i] for i in chosen) == {STOP: 1, POSITIVE: 2, NEGATIVE: 2, BOTH: 1}
 
 
-def test_select_rollouts_keeps_each_row_in_its_group():
+def test_select_candidates_chooses_per_group_from_all_its_candidates():
     from sam_veteran.trainer.config import SamplingConfig
-    from sam_veteran.trainer.sampling import select_rollouts
+    from sam_veteran.trainer.sampling import select_candidates
     from tests.scripted import box_answer, click_answer
 
     size = 6
-    # group 0 (rows 0-5): grounding, round 0 repeats one box, round 1 has distinct boxes
-    # group 1 (rows 6-11): mask, round 0 all positive clicks, round 1 the other action types
-    round0 = [box_answer([0, 0, 10, 10])] * size + [click_answer([1, 1])] * size
-    round1 = ([box_answer([20 * i, 0, 20 * i + 10, 10]) for i in range(1, 7)]
-              + [click_answer(None, None), click_answer(None, [2, 2]), click_answer(None, [3, 3]),
-                 click_answer([4, 4], [5, 5]), "unreadable", click_answer([6, 6])])
-    picks, groups = select_rollouts([round0, round1], ["grounding"] * size + ["mask"] * size, size,
-                                    SamplingConfig())
-    assert all(start <= row < start + size for start in (0, 6) for _, row in picks[start:start + size])
-    assert groups == [("grounding", True), ("mask", True)]
-    texts = [round0, round1]
-    boxes = [texts[r][row] for r, row in picks[:size]]
-    assert len(set(boxes)) == size  # one copy of the repeated box, five distinct ones
-    actions = Counter(click_action(*(p is not None for p in _clicks(texts[r][row]))) for r, row in picks[size:])
+    # group 0: grounding, the first round repeats one box, the second has distinct boxes
+    # group 1: mask, the first round all positive clicks, the second the other action types
+    boxes = [box_answer([0, 0, 10, 10])] * size + [box_answer([20 * i, 0, 20 * i + 10, 10]) for i in range(1, 7)]
+    clicks = [click_answer([1, 1])] * size + [click_answer(None, None), click_answer(None, [2, 2]),
+                                              click_answer(None, [3, 3]), click_answer([4, 4], [5, 5]),
+                                              "unreadable", click_answer([6, 6])]
+    chosen, met = select_candidates([boxes, clicks], ["grounding", "mask"], size, SamplingConfig())
+    assert met == [True, True] and all(len(c) == size for c in chosen)
+    assert len({boxes[i] for i in chosen[0]}) == size  # one copy of the repeated box, five distinct ones
+    actions = Counter(click_action(*(p is not None for p in _clicks(clicks[i]))) for i in chosen[1])
     assert actions == {STOP: 1, POSITIVE: 2, NEGATIVE: 2, BOTH: 1}
-    with pytest.raises(ValueError, match="whole groups"):
-        select_rollouts([round0], ["mask"] * 5, size, SamplingConfig())
 
 
 def _clicks(text):

@@ -79,7 +79,8 @@ def test_allocate_follows_the_ratio():
 def test_build_tasks_produces_the_three_tasks_with_correct_targets(view, tiny_segmenter):
     samples = read_view(view)
     by_id = {s.sample_id: s for s in samples}
-    config = TaskConfig(ratios={GROUNDING: 1, MASK: 2, AUXILIARY: 1}, items_per_sample=4, good_share=0.4)
+    config = TaskConfig(ratios={GROUNDING: 1, MASK: 2, AUXILIARY: 1}, items_per_sample=4, good_share=0.4,
+                        clean_share=0.5)
     records = build_tasks(samples, config, seed=3)
     pending = [r for r in records if r.task == MASK and r.mask_source == "segmenter"]
     assert pending and all(r.shown_rle is None and r.case is None for r in pending)  # masks made on first use
@@ -98,17 +99,21 @@ def test_build_tasks_produces_the_three_tasks_with_correct_targets(view, tiny_se
             shown = r.shown_mask()
             iou = tolerant_iou(shown, sample.target, sample.ignore, config.edge_tolerance)
             assert r.shown_iou == pytest.approx(iou)
-            expected = GOOD if iou >= 1 else REFINE if iou < 0.9 else AMBIGUOUS
+            expected = GOOD if iou >= config.good_iou else REFINE if iou < config.refine_iou else AMBIGUOUS
             assert r.case == expected
-            if r.mask_source == "ground_truth":
-                assert np.array_equal(shown, sample.target) and r.case == GOOD
+            if r.mask_source == "ground_truth":  # drawn good, the segmenter's mask on the tight box fell short
+                assert np.array_equal(shown, sample.target) and r.case == GOOD and r.drawn_good
+                segmented = tiny_segmenter.segment(tiny_segmenter.encode([r.load_image()])[0], sample.box).mask
+                assert tolerant_iou(segmented, sample.target, sample.ignore) < config.good_iou
             else:
                 segmented = tiny_segmenter.segment(tiny_segmenter.encode([r.load_image()])[0], r.prompt_box).mask
                 assert np.array_equal(shown, segmented)
+            if r.drawn_good:
+                assert r.case == GOOD and r.prompt_box == sample.box
         if r.task == AUXILIARY:
             shown, gt = r.shown_mask(), sample.target
             removed, added = gt & ~shown, shown & ~gt
-            assert removed.any() or added.any()
+            assert (r.case == GOOD) == (not removed.any() and not added.any())  # a clean item: stop is right
             assert (r.false_negative_centre is None) == (not removed.any())
             assert (r.false_positive_centre is None) == (not added.any())
             if removed.any():
@@ -118,6 +123,7 @@ def test_build_tasks_produces_the_three_tasks_with_correct_targets(view, tiny_se
                 assert not (added & (sample.ignore if sample.ignore is not None else False)).any()
     cases = Counter(r.case for r in records if r.task == MASK)
     assert cases[GOOD] >= 1 and cases[REFINE] >= 1  # both "good enough" and "needs refinement"
+    assert {r.case for r in records if r.task == AUXILIARY} == {GOOD, REFINE}  # clean and corrupted
 
 
 def test_corruptions_cover_add_remove_and_both(view):

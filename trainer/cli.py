@@ -20,12 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--resume", nargs="?", const="latest",
                         help="resume from a checkpoint folder (default: the latest in the output dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output dir that holds another run (its files are removed)")
     parser.add_argument("--dataset", help="FiftyOne dataset to train on (overrides data.dataset)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
 
 def config_from_args(args):
-    from .config import TrainConfig, load_config
+    from .config import apply_overrides, load_config
 
     if args.config:
         config = load_config(args.config)
@@ -33,18 +35,9 @@ def config_from_args(args):
         config = load_config(TINY_CONFIG)
     else:
         raise SystemExit("give --config <yaml> (see trainer/configs/) or --tiny")
-    if args.tiny:
-        config.tiny = True
-    if args.output_dir:
-        config.output_dir = args.output_dir
-    if args.max_steps is not None:
-        config.max_steps = args.max_steps
-    if args.resume:
-        config.resume_from_checkpoint = args.resume
-    if args.dataset:
-        config.data.dataset = args.dataset
-    assert isinstance(config, TrainConfig)
-    return config
+    return apply_overrides(config, {"tiny": args.tiny or None, "output_dir": args.output_dir,
+                                    "max_steps": args.max_steps, "resume_from_checkpoint": args.resume,
+                                    "overwrite_output_dir": args.overwrite or None, "data.dataset": args.dataset})
 
 
 def run(args) -> int:

@@ -1,13 +1,13 @@
-"""TRL's `GRPOTrainer`, extended only where the method needs it.
+"""TRL's `GRPOTrainer`, extended only where the method needs it (through the hooks of `trl_seam.py`).
 
 - Dynamic sampling: while `global_step < sampling.steps`, each group's completions are chosen from
-  `oversample` x as many sampled candidates (`sampling.py`): diverse boxes for grounding, the 1:2:2:1 action mix for
-  clicks. Generation itself stays TRL's (transformers, vLLM), called once per round of candidates.
+  `oversample` x as many sampled candidates (`sampling.py`; `oversample` may differ per task): diverse boxes for
+  grounding, the 1:2:2:1 action mix for clicks. All candidates of a batch come from one generation call.
 - Global-batch advantage normalisation (REINFORCE++ style): the advantage is the reward minus its group's mean,
   divided by the standard deviation of those centred rewards over the whole global batch (TRL runs with
   ``scale_rewards="none"`` and the division happens here, after gathering every process's advantages).
-- Per-task metrics: mean reward, stop rate and dynamic sampling's kept-group share per task, beside TRL's
-  per-reward means (which are per task already: each reward scores one task's rows) and KL.
+- Per-task metrics: mean reward, stop rate (overall, on good-enough items and on items that need refinement) and
+  dynamic sampling's kept-group share per task, with a warning when a task's kept share stays low.
 
 The segmenter runs inside the reward functions (`rewards.SegmenterReward`). Groups must not straddle processes:
 each process's generation batch is a whole number of groups (checked at start).
@@ -15,19 +15,22 @@ each process's generation batch is a whole number of groups (checked at start).
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
+from collections import defaultdict, deque
 
 import torch
 from accelerate.utils import gather, gather_object
-from trl import GRPOTrainer
 
 from ..plugin.agent.parsing import AnswerError, parse_refinement
 from .config import SamplingConfig
-from .rewards import GROUNDING, TASKS, completion_text
-from .sampling import select_rollouts
+from .rewards import GOOD, GROUNDING, REFINE, TASKS, completion_text
+from .sampling import select_candidates
+from .trl_seam import GRPOSeam
+
+logger = logging.getLogger(__name__)
 
 
-class SamVeteranGRPOTrainer(GRPOTrainer):
+class SamVeteranGRPOTrainer(GRPOSeam):
     """GRPO with dynamic sampling, global-batch advantage normalisation and per-task metrics."""
 
     def __init__(self, *args, sampling: SamplingConfig | None = None, **kwargs) -> None:
@@ -40,70 +43,73 @@ class SamVeteranGRPOTrainer(GRPOTrainer):
         if local % self.num_generations:
             raise ValueError(f"each process's generation batch ({local} = per_device_train_batch_size x "
                              f"steps_per_generation) must be a multiple of num_generations ({self.num_generations})")
-        self._batch_inputs: list[dict] = []
-        self._sampling_stats: dict[str, list[float]] = defaultdict(list)
+        self._kept: dict[str, list[float]] = defaultdict(list)
+        self._kept_recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=self.sampling.warn_window))
 
     @property
     def dynamic_sampling_active(self) -> bool:
-        return (self.model.training and self.sampling.enabled and self.sampling.oversample > 1
-                and self.state.global_step < self.sampling.steps)
+        return (self.model.training and self.sampling.enabled and self.state.global_step < self.sampling.steps
+                and max(self.sampling.factor(task) for task in TASKS) > 1)
 
-    def _generate_and_score_completions(self, inputs):
-        self._batch_inputs = inputs
-        output = super()._generate_and_score_completions(inputs)
-        if self.model.training:
-            output["advantages"] = normalise_globally(output["advantages"])
-        return output
+    def oversample_factors(self, inputs: list[dict]) -> list[int]:
+        firsts = inputs[:: self.num_generations]
+        if not self.dynamic_sampling_active:
+            return [1] * len(firsts)
+        return [self.sampling.factor(x["record"].task) for x in firsts]
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        if not self.dynamic_sampling_active or len(prompt_ids) != len(self._batch_inputs):
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
-        rounds = [super(SamVeteranGRPOTrainer, self)._generate_single_turn(
-            prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-            for _ in range(self.sampling.oversample)]
-        decoded = [self.processing_class.batch_decode(ids, skip_special_tokens=True) for ids, _ in rounds]
-        tasks = [x["record"].task for x in self._batch_inputs]
-        picks, groups = select_rollouts(decoded, tasks, self.num_generations, self.sampling)
-        for task, met in groups:
-            self._sampling_stats[task].append(float(met))
-        completion_ids = [rounds[r][0][row] for r, row in picks]
-        logprobs = None if rounds[0][1] is None else [rounds[r][1][row] for r, row in picks]
-        return completion_ids, logprobs
+    def choose_completions(self, candidates: list[list[str]], inputs: list[dict]) -> list[list[int]]:
+        tasks = [x["record"].task for x in inputs]
+        chosen, met = select_candidates(candidates, tasks, self.num_generations, self.sampling)
+        for task, ok in zip(tasks, met):
+            self._kept[task].append(float(ok))
+        return chosen
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """TRL's log, without the reward means of tasks absent from this logging window (they would be None)."""
-        mode = "train" if self.model.training else "eval"
-        for key in [k for k, values in self._metrics[mode].items() if all(v != v for v in values)]:
-            del self._metrics[mode][key]
-        super().log(logs, start_time)
+    def scale_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        return normalise_globally(advantages)
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        mode = "train" if self.model.training else "eval"
-        tasks = gather_object([x["record"].task for x in inputs])
-        stops = gather_object([_is_stop(completion_text(c)) for c in completions])
-        weights = self.reward_weights.to(rewards_per_func.device)
-        totals = (rewards_per_func * weights).nansum(dim=1).tolist()
+    def observe_rewards(self, inputs: list[dict], completions: list, totals: list[float]) -> None:
+        rows = gather_object([(x["record"].task, x["record"].case, _is_stop(completion_text(c)))
+                              for x, c in zip(inputs, completions)])
         for task in TASKS:
-            rows = [i for i, t in enumerate(tasks) if t == task]
-            if not rows:
+            mine = [i for i, row in enumerate(rows) if row[0] == task]
+            if not mine:
                 continue
-            self._metrics[mode][f"tasks/{task}/reward"].append(sum(totals[i] for i in rows) / len(rows))
-            self._metrics[mode][f"tasks/{task}/share"].append(len(rows) / len(tasks))
+            self.add_metric(f"tasks/{task}/reward", sum(totals[i] for i in mine) / len(mine))
+            self.add_metric(f"tasks/{task}/share", len(mine) / len(rows))
             if task != GROUNDING:
-                self._metrics[mode][f"tasks/{task}/stop_rate"].append(sum(stops[i] for i in rows) / len(rows))
-        stats = gather_object([dict(self._sampling_stats)])
-        self._sampling_stats.clear()
+                self.add_metric(f"tasks/{task}/stop_rate", sum(rows[i][2] for i in mine) / len(mine))
+                for case in (GOOD, REFINE):
+                    cased = [i for i in mine if rows[i][1] == case]
+                    if cased:
+                        self.add_metric(f"tasks/{task}/stop_rate_{case}", sum(rows[i][2] for i in cased) / len(cased))
+        for case in (GOOD, REFINE):
+            cased = [row[2] for row in rows if row[0] != GROUNDING and row[1] == case]
+            if cased:
+                self.add_metric(f"stopping/{case}/stop_rate", sum(cased) / len(cased))
+        self._log_kept_shares()
+        if self.model.training:
+            self.add_metric("dynamic_sampling/active", float(self.dynamic_sampling_active))
+
+    def _log_kept_shares(self) -> None:
+        """Every process's kept-group flags of this batch, per task: the share logged, a warning when it stays
+        below `sampling.min_kept_share` for `sampling.warn_window` batches."""
         merged: dict[str, list[float]] = defaultdict(list)
-        for part in stats:
+        for part in gather_object([dict(self._kept)]):
             for task, values in part.items():
                 merged[task] += values
+        self._kept.clear()
         for task, values in merged.items():
-            self._metrics[mode][f"dynamic_sampling/{task}/kept_group_share"].append(sum(values) / len(values))
-        if mode == "train":
-            self._metrics[mode]["dynamic_sampling/active"].append(float(self.dynamic_sampling_active))
-        return rewards_per_func
+            share = sum(values) / len(values)
+            self.add_metric(f"dynamic_sampling/{task}/kept_group_share", share)
+            recent = self._kept_recent[task]
+            recent.append(share)
+            if len(recent) == recent.maxlen and sum(recent) / len(recent) < self.sampling.min_kept_share:
+                if self.accelerator.is_main_process:
+                    logger.warning("dynamic sampling met its target for only %.0f%% of %s groups over the last %d "
+                                   "batches (sampling.min_kept_share %.2f): raise sampling.oversample for %s "
+                                   "(now %d)", 100 * sum(recent) / len(recent), task, len(recent),
+                                   self.sampling.min_kept_share, task, self.sampling.factor(task))
+                recent.clear()
 
 
 def normalise_globally(advantages: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ def refresh_mask_items(records: list[TaskRecord], indices, policy, segmenter, co
         iou = tolerant_iou(trace.mask, gt, ignore, config.edge_tolerance)
         records[i] = replace(record, shown_rle=encode_mask(trace.mask), mask_source="segmenter",
                              prompt_box=tuple(float(v) for v in trace.box), shown_iou=iou,
-                             case=mask_case(iou, config))
+                             case=mask_case(iou, config), drawn_good=False)
         replaced += 1
     return replaced
 
@@ -58,15 +58,12 @@ class PolicyMaskRefresh(TrainerCallback):
         every = self.config.policy_refresh_steps
         if not every or state.global_step % every or not self.mask_indices:
             return
-        from trl.models import unwrap_model_for_generation
-
         trainer = self.trainer
         count = min(self.config.policy_refresh_items, len(self.mask_indices))
         chosen = self.rng.choice(self.mask_indices, size=count, replace=False).tolist()
-        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
-                                         gather_deepspeed3_params=args.ds3_gather_for_generation) as model:
+        with trainer.generation_model() as model:
             policy = TransformersPolicy(model, trainer.processing_class, family=self.family,
                                         max_new_tokens=args.max_completion_length, batch_size=args.num_generations)
             replaced = refresh_mask_items(self.records, chosen, policy, self.segmenter, self.config)
         trainer.model.train()
-        trainer._metrics["train"]["tasks/mask/policy_items_refreshed"].append(float(replaced))
+        trainer.add_metric("tasks/mask/policy_items_refreshed", replaced)

@@ -38,6 +38,7 @@ class RewardConfig:
     box_l1_threshold: float = 10.0
     iou_gain_tiers: tuple[float, float] = (0.1, 0.5)
     stop_bonus: float = 3.0
+    ambiguous_stop_gain: float = 0.0  # R_delta for a stop on a mask between refine_iou and good_iou (either fits)
     point_radius: float = 50.0
     weights: dict[str, float] = field(default_factory=dict)  # reward name -> weight (default 1)
 
@@ -125,9 +126,10 @@ def iou_gain_reward(before: float, after: float, tiers: tuple[float, float] = (0
     return 3.0
 
 
-def stop_gain_reward(case: str, bonus: float = 3.0) -> float:
-    """R_delta for a stop: a correct stop on a good-enough mask earns the top tier, any other stop nothing."""
-    return bonus if case == GOOD else 0.0
+def stop_gain_reward(case: str, bonus: float = 3.0, ambiguous: float = 0.0) -> float:
+    """R_delta for a stop: a correct stop on a good-enough mask earns the top tier, a stop in the ambiguous band
+    `ambiguous` (the paper says nothing; 0 by default, as a click that gains nothing), a wrong stop nothing."""
+    return bonus if case == GOOD else ambiguous if case == AMBIGUOUS else 0.0
 
 
 def point_hit(point: Sequence[float] | None, centre: Sequence[float], radius: float = 50.0) -> bool:
@@ -138,11 +140,12 @@ def point_hit(point: Sequence[float] | None, centre: Sequence[float], radius: fl
 def auxiliary_reward(positive, negative, false_negative_centre, false_positive_centre, radius: float = 50.0) -> float:
     """The auxiliary task: a positive click on the removed area (false negative), a negative click on the added
     one (false positive). (hits - spurious clicks) / defects, clipped to [0, 1]: 1 when every defect is clicked
-    and nothing else; a click for a defect that is not there cancels a hit; a stop scores 0."""
+    and nothing else; a click for a defect that is not there cancels a hit. A stop scores 0 on a corrupted mask
+    and 1 on a clean one (no defect), where any click scores 0."""
     slots = [(positive, false_negative_centre), (negative, false_positive_centre)]
     defects = sum(centre is not None for _, centre in slots)
     if defects == 0:
-        raise ValueError("an auxiliary item needs at least one defect")
+        return 1.0 if positive is None and negative is None else 0.0
     hits = sum(centre is not None and point_hit(point, centre, radius) for point, centre in slots)
     spurious = sum(centre is None and point is not None for point, centre in slots)
     return min(1.0, max(0.0, (hits - spurious) / defects))
@@ -339,7 +342,7 @@ class IoUGainReward(SegmenterReward):
         if clicks is None:
             return 0.0
         if clicks == (None, None):
-            return stop_gain_reward(record.case, self.config.stop_bonus)
+            return stop_gain_reward(record.case, self.config.stop_bonus, self.config.ambiguous_stop_gain)
         points = [p for p in clicks if p is not None]
         labels = [label for p, label in zip(clicks, (1, 0)) if p is not None]
         embedding = self.embedding(record)

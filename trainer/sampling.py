@@ -81,21 +81,13 @@ def select_group(task: str, texts: Sequence[str], size: int, config) -> tuple[li
     return select_actions(types, size, config.action_ratio)
 
 
-def select_rollouts(texts: Sequence[Sequence[str]], tasks: Sequence[str], size: int,
-                    config) -> tuple[list[tuple[int, int]], list[tuple[str, bool]]]:
-    """Choose each row's completion from oversampled rounds.
-
-    `texts[r][row]` is round r's answer for batch row `row`; rows come in consecutive groups of `size` sharing one
-    prompt (`tasks[row]` its task). Returns, per row, the (round, row) whose completion it takes (always from its own
-    group), and per group (task, whether the target was met).
-    """
-    if len(tasks) % size:
-        raise ValueError(f"{len(tasks)} rows do not make whole groups of {size}")
-    picks: list[tuple[int, int]] = []
-    groups: list[tuple[str, bool]] = []
-    for start in range(0, len(tasks), size):
-        candidates = [(r, row) for r in range(len(texts)) for row in range(start, start + size)]
-        chosen, met = select_group(tasks[start], [texts[r][row] for r, row in candidates], size, config)
-        picks += [candidates[i] for i in chosen]
-        groups.append((tasks[start], met))
-    return picks, groups
+def select_candidates(candidates: Sequence[Sequence[str]], tasks: Sequence[str], size: int,
+                      config) -> tuple[list[list[int]], list[bool]]:
+    """Per group, the indices of the `size` candidate answers it keeps (`candidates[g]`, `tasks[g]` its task), and
+    whether the group met its target."""
+    chosen, met = [], []
+    for texts, task in zip(candidates, tasks):
+        indices, ok = select_group(task, texts, size, config)
+        chosen.append(indices)
+        met.append(ok)
+    return chosen, met

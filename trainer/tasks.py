@@ -1,11 +1,18 @@
 """The three task streams of multi-task GRPO, built from a FiftyOne view.
 
 - grounding: image + query -> a box;
-- mask: image + query + a mask overlay -> clicks or stop. The masks come from the segmenter run on perturbed
-  ground-truth boxes ("needs refinement", mostly), from the ground truth itself ("good enough") and, while
-  training, from the current policy's own boxes (`refresh.py`);
+- mask: image + query + a mask overlay -> clicks or stop. The masks come from the segmenter: on perturbed
+  ground-truth boxes ("needs refinement", mostly), on the tight ground-truth box for a `good_share` drawn to be
+  "good enough" (the ground truth itself where the segmenter's mask falls short of `good_iou`) and, while
+  training, on the current policy's own boxes (`refresh.py`);
 - auxiliary: the ground-truth mask corrupted with random polygons (an added area is a false positive, a removed
-  area a false negative) -> a negative click on the added area, a positive click on the removed one.
+  area a false negative) -> a negative click on the added area, a positive click on the removed one; a
+  `clean_share` of the items show the ground truth unchanged -> stop.
+
+Stopping is learnable only if some items of each stream reward a stop, and if the stop items look like what the
+agent meets at inference: hence segmenter masks as good-enough items, a `good_iou` that such masks can reach (the
+paper's 1.0, with a 2-pixel tolerant IoU, is essentially never reached by a segmenter), and clean auxiliary items
+beside the corrupted ones, which show the same ground-truth-drawn masks so that only the defect tells them apart.
 
 FiftyOne is read once, in bulk (`values()`), into `SampleRecord`s; every `TaskRecord` holds plain numbers and
 run-length-encoded masks, so the rewards never touch FiftyOne. `task_dataset` renders each prompt with the agent's
@@ -30,6 +37,8 @@ from .rewards import (AMBIGUOUS, AUXILIARY, GOOD, GROUNDING, MASK, REFINE, TASKS
                       mask_centre, tolerant_iou)
 
 logger = logging.getLogger(__name__)
+
+PAPER_GOOD_IOU = 1.0  # the paper's "good enough": a tolerant IoU of 1
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -79,7 +88,8 @@ class TaskRecord:
     mask_source: str | None = None  # "segmenter" or "ground_truth"
     prompt_box: tuple[float, float, float, float] | None = None  # the box the segmenter was prompted with
     shown_iou: float | None = None  # near-edge-tolerant IoU of the shown mask
-    case: str | None = None  # "good", "refine" or "ambiguous" (mask task)
+    case: str | None = None  # mask: "good", "refine" or "ambiguous"; auxiliary: "good" (clean) or "refine"
+    drawn_good: bool = False  # mask: drawn to be good enough (the tight box; the ground truth if that falls short)
     false_negative_centre: tuple[float, float] | None = None  # auxiliary: centre of the removed area
     false_positive_centre: tuple[float, float] | None = None  # auxiliary: centre of the added area
 
@@ -103,13 +113,15 @@ class TaskConfig:
     ratios: dict[str, float] = field(default_factory=lambda: {GROUNDING: 0.4, MASK: 0.4, AUXILIARY: 0.2})
     items_per_sample: float = 3.0
     box_jitter: float = 0.15  # std of each box corner's noise, as a fraction of the box's width / height
-    good_share: float = 0.3  # share of mask items that show the ground truth (a good-enough mask)
-    good_iou: float = 1.0  # tolerant IoU at or above which a mask is good enough
+    good_share: float = 0.3  # share of mask items drawn to be good enough (stop is right)
+    good_source: str = "segmenter"  # their mask: the segmenter's on the tight box, or always "ground_truth"
+    good_iou: float = 0.95  # tolerant IoU at or above which a mask is good enough (the paper: 1.0, PAPER_GOOD_IOU)
     refine_iou: float = 0.9  # tolerant IoU below which a mask needs refinement
     edge_tolerance: int = 2  # pixels around the ground truth's edge that the tolerant IoU forgives
     defect_scale: tuple[float, float] = (0.15, 0.4)  # polygon radius, as a fraction of the object's box size
     defect_kinds: dict[str, float] = field(default_factory=lambda: {"add": 0.4, "remove": 0.4, "both": 0.2})
     min_defect_fraction: float = 0.03  # smallest defect, as a fraction of the object's area
+    clean_share: float = 0.2  # share of auxiliary items shown without a defect (stop is right)
     policy_refresh_steps: int = 10  # every N steps some mask items are redrawn from the policy's own boxes; 0 = off
     policy_refresh_items: int = 16  # how many mask items each refresh replaces
 
@@ -118,11 +130,16 @@ class TaskConfig:
         if unknown or not any(v > 0 for v in self.ratios.values()) or any(v < 0 for v in self.ratios.values()):
             raise ValueError(f"task ratios must be non-negative weights over {TASKS} with one positive, "
                              f"got {self.ratios}")
+        if self.good_source not in ("segmenter", "ground_truth"):
+            raise ValueError(f"tasks.good_source is 'segmenter' or 'ground_truth', got {self.good_source!r}")
+        for name in ("good_share", "clean_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"tasks.{name} is a share in [0, 1], got {getattr(self, name)}")
         if set(self.defect_kinds) - {"add", "remove", "both"}:
             raise ValueError(f"defect kinds are 'add', 'remove', 'both', got {sorted(self.defect_kinds)}")
 
 
-def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
+def read_view(view, prompt_field: str = "query", gt_field: str = "ground_truth",
               chunk_size: int = 1000) -> list[SampleRecord]:
     """Read queries and ground-truth masks (`fo.Segmentation`: 0 background, 1 target, 255 ignore) in bulk,
     `chunk_size` samples per `values()` call, so only one chunk of full masks is ever in memory.
@@ -133,14 +150,14 @@ def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
     missing = view.exists("metadata", False)
     if len(missing):
         missing.compute_metadata()
-    fields = ["id", "filepath", query_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
+    fields = ["id", "filepath", prompt_field, f"{gt_field}.mask", f"{gt_field}.mask_path", "metadata.width",
               "metadata.height"]
     ids = view.values("id")
     records, skipped = [], []
     for start in range(0, len(ids), chunk_size):
         chunk = view.select(ids[start : start + chunk_size], ordered=True)
         for values in zip(*chunk.values(fields)):
-            record = _sample_record(*values, query_field=query_field, gt_field=gt_field)
+            record = _sample_record(*values, prompt_field=prompt_field, gt_field=gt_field)
             if isinstance(record, str):
                 skipped.append(record)
             else:
@@ -152,11 +169,11 @@ def read_view(view, query_field: str = "query", gt_field: str = "ground_truth",
     return records
 
 
-def _sample_record(sample_id, path, query, mask, mask_path, width, height, query_field: str,
+def _sample_record(sample_id, path, query, mask, mask_path, width, height, prompt_field: str,
                    gt_field: str) -> SampleRecord | str:
     """The sample's record, or why it cannot be used."""
     if not isinstance(query, str) or not query.strip():
-        return f"{sample_id}: no query in '{query_field}'"
+        return f"{sample_id}: no query in '{prompt_field}'"
     if mask is None and mask_path:
         mask = np.asarray(Image.open(mask_path))
     if mask is None:
@@ -205,13 +222,24 @@ def _base(task: str, sample: SampleRecord, **fields) -> TaskRecord:
 
 
 def _mask_tasks(samples: list[SampleRecord], config: TaskConfig, rng) -> list[TaskRecord]:
-    """Mask-comprehension items: the ground truth for a `good_share`, else a perturbed ground-truth box whose
-    segmenter mask is made the first time the item is used (`complete_mask_item`)."""
+    """Mask-comprehension items: a `good_share` drawn to be good enough, the others on a perturbed ground-truth
+    box; the segmenter's masks are made the first time an item is used (`complete_mask_item`)."""
     good = rng.random(len(samples)) < config.good_share
-    return [_base(MASK, s, shown_rle=s.target_rle, mask_source="ground_truth", prompt_box=s.box, shown_iou=1.0,
-                  case=GOOD) if g else
-            _base(MASK, s, mask_source="segmenter", prompt_box=perturb_box(s.box, s.image_size, config.box_jitter, rng))
-            for s, g in zip(samples, good)]
+    items = []
+    for sample, drawn_good in zip(samples, good):
+        if drawn_good and config.good_source == "ground_truth":
+            items.append(_ground_truth_item(sample))
+        elif drawn_good:
+            items.append(_base(MASK, sample, mask_source="segmenter", prompt_box=sample.box, drawn_good=True))
+        else:
+            items.append(_base(MASK, sample, mask_source="segmenter",
+                               prompt_box=perturb_box(sample.box, sample.image_size, config.box_jitter, rng)))
+    return items
+
+
+def _ground_truth_item(sample: SampleRecord) -> TaskRecord:
+    return _base(MASK, sample, shown_rle=sample.target_rle, mask_source="ground_truth", prompt_box=sample.box,
+                 shown_iou=1.0, case=GOOD, drawn_good=True)
 
 
 def mask_case(iou: float, config: TaskConfig) -> str:
@@ -222,10 +250,13 @@ def mask_case(iou: float, config: TaskConfig) -> str:
 def complete_mask_item(record: TaskRecord, embeddings: EmbeddingCache, config: TaskConfig) -> TaskRecord:
     """The item with the segmenter's mask for its prompt box, its tolerant IoU and its case. Done lazily, in the
     process that trains on the item, so start-up costs nothing and the image's embedding is the one the rewards
-    reuse."""
+    reuse. An item drawn to be good enough whose mask falls short of `good_iou` shows the ground truth instead."""
     shown = embeddings.segmenter.segment(embeddings.get(record), record.prompt_box).mask
     iou = tolerant_iou(shown, record.gt_mask(), record.ignore_mask(), config.edge_tolerance)
-    return replace(record, shown_rle=encode_mask(shown), shown_iou=iou, case=mask_case(iou, config))
+    case = mask_case(iou, config)
+    if record.drawn_good and case != GOOD:
+        return replace(record, shown_rle=record.gt_rle, mask_source="ground_truth", shown_iou=1.0, case=GOOD)
+    return replace(record, shown_rle=encode_mask(shown), shown_iou=iou, case=case)
 
 
 def perturb_box(box, image_size: tuple[int, int], jitter: float, rng) -> tuple[float, float, float, float]:
@@ -300,8 +331,12 @@ def corrupt_mask(sample: SampleRecord, kind: str, config: TaskConfig, rng, tries
 
 
 def _auxiliary_task(sample: SampleRecord, config: TaskConfig, rng) -> TaskRecord | None:
-    """A corrupted-mask item; when the drawn kind leaves no defect (no room outside the object), the other kinds
-    are tried; an object too small for any defect gives no item."""
+    """A corrupted-mask item, or for a `clean_share` the ground truth unchanged (stop is right); when the drawn
+    kind leaves no defect (no room outside the object), the other kinds are tried; an object too small for any
+    defect gives no item."""
+    if rng.random() < config.clean_share:
+        return _base(AUXILIARY, sample, shown_rle=sample.target_rle, mask_source="ground_truth",
+                     prompt_box=sample.box, case=GOOD)
     kinds = list(config.defect_kinds)
     weights = np.array([config.defect_kinds[k] for k in kinds], dtype=float)
     kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
@@ -309,7 +344,7 @@ def _auxiliary_task(sample: SampleRecord, config: TaskConfig, rng) -> TaskRecord
         corrupted, fn_centre, fp_centre = corrupt_mask(sample, attempt, config, rng)
         if fn_centre is not None or fp_centre is not None:
             return _base(AUXILIARY, sample, shown_rle=encode_mask(corrupted), mask_source="ground_truth",
-                         prompt_box=sample.box, false_negative_centre=fn_centre,
+                         prompt_box=sample.box, case=REFINE, false_negative_centre=fn_centre,
                          false_positive_centre=fp_centre)
     logger.warning("sample %s: no room for a defect in its ground truth; no auxiliary item", sample.sample_id)
     return None

@@ -8,13 +8,18 @@ Train operator all call it). It writes into `output_dir`:
 - ``final/``: the trained policy as a full model with its processor (a LoRA adapter is merged into the base
   weights), which ``SamVeteranModel(policy=".../final")`` and ``TransformersPolicy.from_pretrained`` load;
 - ``metrics.jsonl``: every logged metric per step; ``runs/``: the same for TensorBoard;
-- ``config.yaml``: the configuration the run used.
+- ``config.yaml``: the configuration the run used, with the policy and segmenter it really loaded.
+
+An output folder that holds another run is refused unless the run resumes it or overwrites it explicitly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
+import shutil
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ from pathlib import Path
 import yaml
 from transformers import TrainerCallback
 
-from .config import TrainConfig, config_to_dict
+from .config import GRPO_FIELDS, TrainConfig, config_to_dict
 from .tasks import build_tasks, read_view, task_dataset
 
 logger = logging.getLogger(__name__)
@@ -31,11 +36,13 @@ logger = logging.getLogger(__name__)
 TINY_DATASET = "sam-veteran-train-tiny"
 
 
-def tiny_dataset_name(output_dir: str | Path) -> str:
+def tiny_dataset_name(output_dir: str | Path, node: int = 0) -> str:
     """The generated dataset of a tiny run: one per output folder, so concurrent runs (which share FiftyOne's
-    database on one machine) never replace each other's, while the processes of one run agree on it."""
+    database on one machine) never replace each other's, while the processes of one run agree on it; and one per
+    node after the first (`node`: the global rank of the node's first process), as nodes may share the database
+    but not a disk."""
     digest = hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:8]
-    return f"{TINY_DATASET}-{digest}"
+    return f"{TINY_DATASET}-{digest}" + (f"-node{node}" if node else "")
 
 
 @dataclass
@@ -66,7 +73,7 @@ def resolve_models(config: TrainConfig) -> tuple[str, str]:
 
         from ..plugin.agent.tiny import tiny_model_paths
 
-        with PartialState().main_process_first():  # the main process writes them, the others read them
+        with PartialState().local_main_process_first():  # each node's first process writes them, the others read
             return tiny_model_paths()
     return config.policy, config.segmenter
 
@@ -82,11 +89,13 @@ def load_view(config: TrainConfig):
         from ..plugin.demo import build_demo_dataset
 
         state = PartialState()
-        with state.main_process_first():  # built once, by the main process; the others load it
-            if state.is_main_process:
-                return build_demo_dataset(Path(config.output_dir) / "tiny-scenes", num_samples=config.tiny_samples,
-                                          name=tiny_dataset_name(config.output_dir), seed=config.seed)
-            return fo.load_dataset(tiny_dataset_name(config.output_dir))
+        node = state.process_index - state.local_process_index
+        name = tiny_dataset_name(config.output_dir, node)
+        with state.local_main_process_first():  # built once per node, by its first process; the others load it
+            if state.is_local_main_process:
+                folder = Path(config.output_dir) / ("tiny-scenes" + (f"-node{node}" if node else ""))
+                return build_demo_dataset(folder, num_samples=config.tiny_samples, name=name, seed=config.seed)
+            return fo.load_dataset(name)
     if not data.dataset:
         raise ValueError("no training data: set data.dataset to a FiftyOne dataset name (or use --tiny)")
     if not fo.dataset_exists(data.dataset):
@@ -106,22 +115,24 @@ def grpo_args(config: TrainConfig, policy: str):
     from transformers import GenerationConfig
     from trl import GRPOConfig
 
+    if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ImportError(f"deepspeed: {config.deepspeed} needs DeepSpeed: pip install 'sam-veteran-fiftyone[train]'")
     bf16 = torch.cuda.is_available() and not config.use_cpu if config.bf16 is None else config.bf16
     try:
         suppress = GenerationConfig.from_pretrained(policy).suppress_tokens
     except OSError:
         suppress = None
-    values = dict(
-        output_dir=config.output_dir, num_generations=config.num_generations,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay, beta=config.beta, temperature=config.temperature,
-        max_completion_length=config.max_completion_length, num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps, save_steps=config.save_steps, logging_steps=config.logging_steps,
-        seed=config.seed, bf16=bf16, gradient_checkpointing=config.gradient_checkpointing,
-        deepspeed=config.deepspeed, use_cpu=config.use_cpu, report_to=config.report_to,
-        scale_rewards="none", loss_type="grpo", dataloader_pin_memory=not config.use_cpu, remove_unused_columns=False,
-        model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
+    values = {name: getattr(config, name) for name in GRPO_FIELDS}
+    if config.lora.enabled:
+        values["learning_rate"] = config.lora.learning_rate
+    if config.vllm.enabled:
+        values.update(use_vllm=True, vllm_mode=config.vllm.mode,
+                      vllm_gpu_memory_utilization=config.vllm.gpu_memory_utilization,
+                      vllm_tensor_parallel_size=config.vllm.tensor_parallel_size,
+                      vllm_server_base_url=config.vllm.server_base_url)
+    values.update(
+        bf16=bf16, scale_rewards="none", loss_type="grpo", dataloader_pin_memory=not config.use_cpu,
+        remove_unused_columns=False, model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
         reward_weights=None, generation_kwargs={"suppress_tokens": list(suppress)} if suppress else None,
     )
     for key in ("scale_rewards",):
@@ -154,7 +165,9 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     if config.input_size:
         family = family.with_input_size(config.input_size)
     segmenter = load_segmenter(segmenter_path, device=str(device))
-    samples = read_view(view if view is not None else load_view(config), config.data.query_field,
+    if config.vllm.enabled and importlib.util.find_spec("vllm") is None:
+        raise ImportError("vllm.enabled needs vLLM: pip install 'sam-veteran-fiftyone[vllm]'")
+    samples = read_view(view if view is not None else load_view(config), config.data.prompt_field,
                         config.data.gt_field)
     records = build_tasks(samples, config.tasks, seed=config.seed)
     embeddings = EmbeddingCache(segmenter)
@@ -176,9 +189,25 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
         processing_class=processor, peft_config=peft_config, sampling=config.sampling,
         callbacks=[MetricsLogCallback(Path(config.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
+    if config.freeze_vision:
+        freeze_vision_tower(trainer.model)
     if config.tasks.policy_refresh_steps:
         trainer.add_callback(PolicyMaskRefresh(trainer, records, segmenter, family, config.tasks, seed=config.seed))
     return trainer, records
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop gradients into the vision encoder (parameters under a `visual` module, except its `merger`, the
+    projection into the language model); returns how many tensors were frozen."""
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        parts = name.split(".")
+        if "visual" in parts and "merger" not in parts[parts.index("visual"):]:
+            parameter.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ValueError(f"freeze_vision: {type(model).__name__} has no parameter under a 'visual' module")
+    return frozen
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
@@ -211,9 +240,15 @@ def train(config: TrainConfig, view=None, extra_rewards: list | None = None,
           callbacks: list | None = None) -> TrainResult:
     """Run GRPO as configured on `view` (default: the configured dataset); returns where the final model and the
     metrics log are. `callbacks` are extra `transformers.TrainerCallback`s (progress reporting)."""
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from accelerate import PartialState
+
+    state = PartialState(cpu=config.use_cpu)  # first, so every later PartialState() is this one
+    output_dir = prepare_output_dir(config, state)
+    policy, segmenter = resolve_models(config)
+    if state.is_main_process:
+        ran = dataclasses.replace(config, policy=policy, segmenter=segmenter)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(ran), sort_keys=False))
+    state.wait_for_everyone()
     import torch
 
     threads = torch.get_num_threads()
@@ -240,6 +275,32 @@ def _train(config: TrainConfig, view, output_dir: Path, extra_rewards, callbacks
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir=output_dir, final_model=final, metrics_log=output_dir / "metrics.jsonl",
                        global_step=trainer.state.global_step, num_records=len(records))
+
+
+def prepare_output_dir(config: TrainConfig, state) -> Path:
+    """The output folder, made; one that holds another run is refused unless this run resumes it or overwrites it
+    (then that run's files are removed). Every process reads the folder before the main process changes it."""
+    output_dir = Path(config.output_dir)
+    earlier = earlier_run_files(output_dir)
+    state.wait_for_everyone()
+    if earlier and not config.resume_from_checkpoint:
+        if not config.overwrite_output_dir:
+            raise FileExistsError(f"{output_dir} holds another run ({', '.join(p.name for p in earlier[:4])}): "
+                                  "resume it (resume_from_checkpoint, --resume), overwrite it (overwrite_output_dir, "
+                                  "--overwrite) or choose another output_dir")
+        if state.is_main_process:
+            for path in earlier:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    return output_dir
+
+
+def earlier_run_files(output_dir: Path) -> list[Path]:
+    """What a run leaves in its output folder (generated tiny scenes aside), sorted."""
+    names = ("config.yaml", "metrics.jsonl", "final", "runs")
+    return sorted(p for p in output_dir.glob("*") if p.name in names or p.name.startswith("checkpoint-"))
 
 
 def set_offline_defaults() -> None:

@@ -14,6 +14,20 @@ fine-tuning keeps AdamW's moments in bf16 on this one GPU, where the 8-GPU run s
 
     python bench/gpu/train_step.py --mode both --out bench/results/train_step_h200.json   # H200: ~3-4 minutes
     python bench/gpu/train_step.py --dry-run                                              # CPU, tiny, seconds
+
+`--trainer` runs the project's own `sam_veteran.trainer.train()` instead (not this hand-written step) for
+`--steps` GRPO steps: the same random 7B policy written to disk with its processor (a generation config that
+suppresses the ids outside the tokenizer and the vision placeholders, as the tiny models do), a random SAM vit_h
+checkpoint and generated scenes in a FiftyOne dataset; real rewards, dynamic sampling, the loss and AdamW, as
+`trainer/configs/one_gpu_lora.yaml` (`--mode lora`) or full fine-tuning without DeepSpeed (`--mode full`). It
+reports TRL's step time and the trainer's `timing/generation_s` and `timing/rewards_s` per step (the rest is
+log-probs, loss, backward and the optimiser step) and peak GPU memory. It needs this package's dependencies (TRL,
+FiftyOne with its database, segment-anything, pycocotools): on the GPU machine, carried wheels. Run one mode per
+process for a clean peak-memory figure:
+
+    python bench/gpu/train_step.py --trainer --mode lora --steps 3 --out bench/results/train_run_lora.json
+    python bench/gpu/train_step.py --trainer --mode full --steps 2 --out bench/results/train_run_full.json
+    python bench/gpu/train_step.py --trainer --dry-run --mode lora --steps 1                # CPU, tiny
 """
 
 from __future__ import annotations
@@ -211,6 +225,97 @@ def run_mode(mode: str, args, device, dtype) -> dict:
     return result
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def import_package() -> None:
+    """`sam_veteran` from this checkout (its root is the package) when it is not installed."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("sam_veteran") is None:
+        link = Path(tempfile.mkdtemp()) / "sam_veteran"
+        link.symlink_to(REPO)
+        sys.path.insert(0, str(link.parent))
+
+
+def write_policy(directory: Path, args, device, dtype) -> str:
+    """The random Qwen2.5-VL policy (7B, or tiny with --dry-run) and its processor, as a folder `train()` loads."""
+    processor = build_processor(args.image_side)
+    config = build_config(processor, args.dry_run)
+    torch.manual_seed(0)
+    model = build_model(config, device, dtype)
+    keep = set(range(len(processor.tokenizer))) - {config.image_token_id, config.video_token_id,
+                                                   config.vision_start_token_id, config.vision_end_token_id}
+    model.generation_config.suppress_tokens = [i for i in range(config.text_config.vocab_size) if i not in keep]
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    del model
+    return str(directory)
+
+
+def write_segmenter(path: Path, kind: str) -> str:
+    """A randomly initialised segment-anything checkpoint (`vit_h` on the GPU)."""
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    torch.save(sam_model_registry[kind]().state_dict(), path)
+    return str(path)
+
+
+def run_trainer(mode: str, args, device, dtype) -> dict:
+    import uuid
+
+    import_package()
+    from sam_veteran.plugin.demo import build_demo_dataset
+    from sam_veteran.trainer.config import config_from_dict
+    from sam_veteran.trainer.train import train
+
+    work = args.work_dir / mode
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    policy = write_policy(work / "policy", args, device, dtype)
+    if args.dry_run:  # the project's tiny SAM: a random vit_b encodes a 1024-pixel image slowly on a CPU
+        from sam_veteran.cli import tiny_model_paths
+
+        segmenter = tiny_model_paths()[1]
+    else:
+        segmenter = write_segmenter(work / "sam.pth", "vit_h")
+    dataset = build_demo_dataset(work / "scenes", num_samples=8, name=f"train-step-{mode}-{uuid.uuid4().hex[:8]}")
+    built = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    config = config_from_dict({
+        "policy": policy, "segmenter": segmenter, "output_dir": str(work / "run"), "overwrite_output_dir": True,
+        "num_generations": args.rollouts, "per_device_train_batch_size": args.rollouts,
+        "gradient_accumulation_steps": 2, "max_completion_length": args.completion_tokens, "max_steps": args.steps,
+        "save_steps": 10**6, "report_to": [], "use_cpu": args.dry_run, "bf16": not args.dry_run,
+        "input_size": [args.image_side, args.image_side], "lora": {"enabled": mode == "lora"},
+        "tasks": {"policy_refresh_steps": 0}, "torch_threads": 1 if args.dry_run else None,
+    })
+    result = train(config, view=dataset)
+    trained = time.perf_counter()
+    steps = [json.loads(line) for line in result.metrics_log.read_text().splitlines()]
+    steps = [s for s in steps if "step_time" in s]
+    dataset.delete()
+    out = {
+        "mode": mode, "runner": "sam_veteran.trainer.train", "tiny": args.dry_run,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "prompts_per_step": 2, "rollouts": args.rollouts, "completion_tokens": args.completion_tokens,
+        "seconds": {"build": round(built - started, 2), "train_and_save": round(trained - built, 2)},
+        "steps": [{"step": s["step"], "step_time": round(s["step_time"], 2),
+                   "generation": round(s.get("timing/generation_s", 0.0), 2),
+                   "rewards": round(s.get("timing/rewards_s", 0.0), 2),
+                   "logps_loss_backward_optimiser": round(s["step_time"] - s.get("timing/generation_s", 0.0)
+                                                          - s.get("timing/rewards_s", 0.0), 2)} for s in steps],
+        "global_step": result.global_step,
+    }
+    if device.type == "cuda":
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["lora", "full", "both"], default="both")
@@ -220,6 +325,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--beta", type=float, default=0.005)
     parser.add_argument("--dry-run", action="store_true", help="tiny architecture on the CPU: checks the code path")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--trainer", action="store_true", help="run sam_veteran.trainer.train() for --steps steps")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/sam-veteran-train-step"))
     args = parser.parse_args(argv)
     if args.dry_run:
         torch.set_num_threads(1)
@@ -233,7 +341,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     threads = torch.get_num_threads()
     try:
         for mode in (["lora", "full"] if args.mode == "both" else [args.mode]):
-            results.append(run_mode(mode, args, device, dtype))
+            results.append((run_trainer if args.trainer else run_mode)(mode, args, device, dtype))
             print(json.dumps(results[-1]), flush=True)
     finally:
         torch.set_num_threads(threads)

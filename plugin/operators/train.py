@@ -19,22 +19,18 @@ def training_config(view, params: dict):
     """The `TrainConfig` of a run on `view`: the YAML file given (else the defaults, or the tiny smoke-run config
     with `tiny`), then the form's fields."""
     from ...trainer.cli import TINY_CONFIG
-    from ...trainer.config import TrainConfig, load_config
+    from ...trainer.config import TrainConfig, apply_overrides, load_config
 
     if params.get("config"):
         config = load_config(params["config"])
     else:
         config = load_config(TINY_CONFIG) if params.get("tiny") else TrainConfig()
-    for key in ("policy", "segmenter", "output_dir"):
-        if params.get(key):
-            setattr(config, key, params[key])
-    if params.get("max_steps"):
-        config.max_steps = int(params["max_steps"])
-    if params.get("tiny"):
-        config.tiny = True
-    config.data.query_field = params.get("query_field") or config.data.query_field
-    config.data.gt_field = params.get("gt_field") or config.data.gt_field
-    config.data.dataset = view._dataset.name
+    form = {key: params.get(key) or None for key in ("policy", "segmenter", "output_dir", "max_steps", "tiny")}
+    form["max_steps"] = form["max_steps"] and int(form["max_steps"])
+    config = apply_overrides(config, {
+        **form, "overwrite_output_dir": params.get("overwrite") or None,
+        "data.prompt_field": params.get("prompt_field") or params.get("query_field"),  # query_field: the 0.1 name
+        "data.gt_field": params.get("gt_field") or None, "data.dataset": view._dataset.name})
     config.data.view = view._serialize() or None
     return config
 
@@ -58,10 +54,11 @@ class TrainSamVeteran(foo.Operator):
         inputs.int("max_steps", label="Max steps", description="empty = the config's epochs")
         fields = [name for name, field in ctx.dataset.get_field_schema().items()
                   if field.__class__.__name__ == "StringField" and name != "filepath"]
-        inputs.enum("query_field", fields or ["query"], default="query" if "query" in fields else None,
+        inputs.enum("prompt_field", fields or ["query"], default="query" if "query" in fields else None,
                     label="Query field", view=types.DropdownView())
         inputs.str("gt_field", default="ground_truth", label="Ground-truth mask field (fo.Segmentation)")
         inputs.bool("tiny", default=False, label="Tiny local models (a smoke test, no download)")
+        inputs.bool("overwrite", default=False, label="Overwrite another run in the output folder")
         return types.Property(inputs, view=types.View(label="SAM-Veteran: Train policy"))
 
     def resolve_execution_options(self, ctx):
@@ -95,9 +92,9 @@ class TrainSamVeteran(foo.Operator):
         return types.Property(outputs)
 
     def __call__(self, sample_collection, output_dir: str, config: str | None = None, policy: str | None = None,
-                 segmenter: str | None = None, max_steps: int | None = None, query_field: str = "query",
-                 gt_field: str = "ground_truth", tiny: bool = False, delegate: bool = True):
+                 segmenter: str | None = None, max_steps: int | None = None, prompt_field: str = "query",
+                 gt_field: str = "ground_truth", tiny: bool = False, overwrite: bool = False, delegate: bool = True):
         return call_operator(self.uri, sample_collection,
                              {"config": config, "policy": policy, "segmenter": segmenter, "output_dir": output_dir,
-                              "max_steps": max_steps, "query_field": query_field, "gt_field": gt_field,
-                              "tiny": tiny}, delegate)
+                              "max_steps": max_steps, "prompt_field": prompt_field, "gt_field": gt_field,
+                              "tiny": tiny, "overwrite": overwrite}, delegate)
