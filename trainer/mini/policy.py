@@ -14,6 +14,10 @@ the architecture and the agent untouched:
   from the language model's hidden state after `PROBE_LAYER` layers (Qwen2.5-VL's vision tower has rotary
   positions only, so absolute position must be built in the language model, from the image's start token), and
   the colour and shape under each token from the vision tower's output;
+- a pointer loss: one attention head of layer `POINTER_LAYER`, at the positions that predict a box coordinate, is
+  asked to attend to the target's image tokens. Without it the read-out stays on a plateau (uniform attention
+  makes the attended value the image's average, so nothing tells the head where to look): seen here for 900
+  steps with the probes above already solved;
 - a curriculum: two-shape referring scenes first, then every query kind with three to five shapes.
 
 The expert answers are what the agent itself must emit (the family's prompts, `policy_view`, `messages` and the
@@ -47,6 +51,7 @@ from ..rewards import box_iou, mask_box, mask_iou
 FAMILY: ModelFamily = FAMILIES["mini"]
 FAMILY_FILE = "sam_veteran.json"  # records the prompt family in a policy folder
 PROBE_LAYER = 2
+POINTER_LAYER = 2  # reads the hidden states the probes shape (hidden_states[PROBE_LAYER])
 GOOD_ENOUGH_IOU = 0.9  # the expert stops at or above this IoU
 
 
@@ -63,6 +68,7 @@ class PolicyTrainConfig:
     segmenter: str | None = None
     probe_weight: float = 0.3
     coordinate_weight: float = 1.0
+    pointer_weight: float = 0.5
     coordinate_sigma: float = 2.0
     box_noise: float = 1.5  # std of the expert box's noise, in pixels of the policy's view
     save_every: int = 200
@@ -377,6 +383,26 @@ class CoordinateLoss:
         return -(soft * scores).sum(-1).mean() + (expected - target[:, 0]).abs().mean() / len(self.values) * 10
 
 
+def _pointer_loss(outputs, inputs, scenes: list[Scene], grid: int, coordinate_loss: CoordinateLoss,
+                  image_token: int) -> torch.Tensor:
+    """-log of the attention mass that head 0 of `POINTER_LAYER` puts on the target's image tokens, at every
+    position that predicts a box coordinate (grounding items)."""
+    attention = outputs.attentions[POINTER_LAYER][:, 0]
+    labels = inputs["labels"]
+    losses = []
+    for b, scene in enumerate(scenes):
+        if scene is None:
+            continue
+        where = (inputs["input_ids"][b] == image_token).nonzero()[:, 0]
+        predicts = (coordinate_loss.value_of[labels[b, 1:].clamp(min=0)] >= 0) & (labels[b, 1:] >= 0)
+        if len(where) != grid * grid or not predicts.any():
+            continue
+        target = torch.from_numpy(token_labels(scene, FAMILY, grid)[2]).bool()
+        mass = attention[b][predicts.nonzero()[:, 0]][:, where[target]].sum(-1)
+        losses.append(-(mass + 1e-6).log().mean())
+    return torch.stack(losses).mean() if losses else torch.zeros(())
+
+
 @torch.no_grad()
 def evaluate_boxes(model, processor, count: int, split: str = "val") -> dict[str, float]:
     """Greedy grounding on `count` scenes of `split`: parse rate and mean box IoU with the target's box."""
@@ -409,6 +435,7 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
     output.mkdir(parents=True, exist_ok=True)
     started = time.time()
     model, processor = build_policy(config.seed, **config.model)
+    model.config.text_config._attn_implementation = "eager"  # the pointer loss reads attention weights
     model.train()
     grid = FAMILY.input_size[0] // 28
     probes = Probes(model.config.text_config.hidden_size, grid)
@@ -453,17 +480,21 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
         tick = time.time()
         items = [source.item(step, row, rng) for row in range(config.batch_size)]
         inputs = encode_batch(processor, [(r, a) for r, a, _ in items])
-        outputs = model(**inputs, output_hidden_states=True)
-        probe = _probe_losses(model, probes, outputs, inputs, [s for _, _, s in items], grid)
+        outputs = model(**inputs, output_hidden_states=True, output_attentions=True)
+        scenes = [s for _, _, s in items]
+        probe = _probe_losses(model, probes, outputs, inputs, scenes, grid)
         coordinates = coordinate_loss(outputs.logits, inputs["labels"])
-        loss = outputs.loss + config.probe_weight * probe + config.coordinate_weight * coordinates
+        pointer = _pointer_loss(outputs, inputs, [s if "bbox_2d" in a else None for _, a, s in items], grid,
+                                coordinate_loss, model.config.image_token_id)
+        loss = (outputs.loss + config.probe_weight * probe + config.coordinate_weight * coordinates
+                + config.pointer_weight * pointer)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         step += 1
         record = {"step": step, "loss": round(float(outputs.loss.detach()), 4), "probe": round(float(probe.detach()), 4),
-                  "coordinates": round(float(coordinates.detach()), 4),
+                  "coordinates": round(float(coordinates.detach()), 4), "pointer": round(float(pointer.detach()), 4),
                   "seconds": round(time.time() - tick, 3)}
         if step % config.eval_every == 0 or step == config.steps:
             model.eval()
