@@ -18,7 +18,7 @@ from agent_data import box_then_click, make_dataset, scripted_policy
 from sam_veteran import import_reasonseg
 from sam_veteran.plugin.agent import Agent, AgentConfig
 from sam_veteran.plugin.agent.images import ImageLoadError, load_image
-from sam_veteran.plugin.agent.segmenter import SamSegmenter
+from sam_veteran.plugin.agent.segmenters import SamSegmenter
 from sam_veteran.plugin.curation.triage import triage
 from sam_veteran.plugin.datasets.exporters import export_reasonseg
 from sam_veteran.plugin.inference import run_agent
