@@ -23,7 +23,7 @@ import numpy as np
 
 from .agent import Agent, AgentConfig, AgentInput, Trace
 from .agent.images import ImageLoadError, load_image
-from .defaults import DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_SEGMENTER
+from .defaults import DEFAULT_GT_FIELD, DEFAULT_POLICY, DEFAULT_SEGMENTER
 from .labels import failure_labels, trace_to_labels
 
 MAX_ASPECT_RATIO = 200  # Qwen-VL image processors refuse longer sides over 200x the shorter
@@ -37,9 +37,26 @@ class SampleInput:
     error: str | None = None
 
 
+def ground_truth_mask(label, gt_field: str, filepath) -> np.ndarray:
+    """The mask of a ground-truth `fo.Segmentation` (in the label or its `mask_path`), for a policy that reads it
+    (the simulated user); a missing or unreadable one raises ValueError naming the field and the file."""
+    if label is None:
+        raise ValueError(f"no ground truth in field '{gt_field}': the simulated user (policy='oracle') reads the "
+                         f"sample's ground-truth mask: {filepath}")
+    try:
+        mask = label.get_mask() if hasattr(label, "get_mask") else None
+    except Exception as exc:  # any decoder error of one mask file fails that sample alone
+        raise ValueError(f"the ground-truth mask in field '{gt_field}' cannot be read ({type(exc).__name__}: "
+                         f"{exc}): {filepath}") from None
+    if mask is None:
+        raise ValueError(f"the ground truth in field '{gt_field}' has no mask: {filepath}")
+    return np.asarray(mask)
+
+
 def prepare_input(filepath: str | os.PathLike, query, prompt_field: str = "query",
-                  image: np.ndarray | None = None) -> SampleInput:
-    """Check the query and read the image (EXIF applied) unless given; a problem becomes an error naming the file."""
+                  image: np.ndarray | None = None, ground_truth=None, gt_field: str | None = None) -> SampleInput:
+    """Check the query and read the image (EXIF applied) unless given; with `gt_field` (a policy that reads the
+    ground truth), the sample's `ground_truth` label too. A problem becomes an error naming the file."""
     if not isinstance(query, str) or not query.strip():
         problem = "is missing" if query is None else f"is not usable text ({query!r})"
         return SampleInput(None, f"the query in field '{prompt_field}' {problem}: {filepath}")
@@ -51,7 +68,13 @@ def prepare_input(filepath: str | os.PathLike, query, prompt_field: str = "query
     if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
         return SampleInput(None, f"image is {width}x{height}: its aspect ratio is beyond {MAX_ASPECT_RATIO}:1, the "
                                  f"most the policy's image processor accepts: {filepath}")
-    return SampleInput(AgentInput(image, query))
+    mask = None
+    if gt_field is not None:
+        try:
+            mask = ground_truth_mask(ground_truth, gt_field, filepath)
+        except ValueError as exc:
+            return SampleInput(None, str(exc))
+    return SampleInput(AgentInput(image, query, mask))
 
 
 def run_inputs(agent: Agent, inputs: Sequence[SampleInput]) -> list[dict]:
@@ -77,27 +100,33 @@ def _run_one(agent: Agent, item: AgentInput) -> Trace | str:
 class SampleLoader(fout.GetItem):
     """FiftyOne data-loader item: a sample's file path and query -> `SampleInput` (never raises for one sample)."""
 
-    def __init__(self, field_mapping: dict | None = None, prompt_field: str = "query") -> None:
+    def __init__(self, field_mapping: dict | None = None, prompt_field: str = "query",
+                 gt_field: str | None = None) -> None:
+        self.gt_field = gt_field
         super().__init__(field_mapping=field_mapping)
         self.prompt_field = prompt_field
 
     @property
     def required_keys(self) -> list[str]:
-        return ["filepath", "query"]
+        return ["filepath", "query"] + (["ground_truth"] if self.gt_field else [])
 
     def __call__(self, d: dict) -> SampleInput:
-        return prepare_input(d["filepath"], d.get("query"), self.prompt_field)
+        return prepare_input(d["filepath"], d.get("query"), self.prompt_field, ground_truth=d.get("ground_truth"),
+                             gt_field=self.gt_field)
 
 
 class SamVeteranModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModelMixin):
     """The SAM-Veteran agent behind FiftyOne's model interface; reads each sample's query from `prompt_field`.
 
     `max_steps` None is the policy family's default; ``family=`` (e.g. ``"seg_zero"``) and other `policy_kwargs`
-    go to `TransformersPolicy.from_pretrained`."""
+    go to `TransformersPolicy.from_pretrained`. ``policy="oracle"`` (the simulated user) reads each sample's
+    ground truth from `gt_field`; ``"mini"`` names the shipped mini models."""
 
     def __init__(self, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None,
-                 device: str | None = None, agent: Agent | None = None, **policy_kwargs) -> None:
+                 device: str | None = None, agent: Agent | None = None, gt_field: str = DEFAULT_GT_FIELD,
+                 **policy_kwargs) -> None:
         fom.SamplesMixin.__init__(self)
+        self._gt_field = gt_field
         self.agent = agent or Agent.from_pretrained(policy, segmenter, AgentConfig(max_steps=max_steps),
                                                     device=device, **policy_kwargs)
         self._preprocess = False
@@ -134,9 +163,17 @@ class SamVeteranModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.Torc
     def prompt_field(self) -> str:
         return (self.needs_fields or {}).get("prompt_field", "query")
 
+    @property
+    def gt_field(self) -> str | None:
+        """The ground-truth field when the policy reads it (the simulated user), else None."""
+        return self._gt_field if getattr(self.agent.policy, "needs_ground_truth", False) else None
+
     def build_get_item(self, field_mapping: dict | None = None) -> SampleLoader:
         mapping = {"query": self.prompt_field, **(field_mapping or {})}
-        return SampleLoader(field_mapping=mapping, prompt_field=mapping["query"])
+        if self.gt_field:
+            mapping.setdefault("ground_truth", self.gt_field)
+        return SampleLoader(field_mapping=mapping, prompt_field=mapping["query"],
+                            gt_field=mapping.get("ground_truth") if self.gt_field else None)
 
     def predict(self, arg, sample=None) -> dict:
         return self.predict_all([arg], samples=[sample] if sample is not None else None)[0]
@@ -153,4 +190,7 @@ class SamVeteranModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.Torc
             raise ValueError("SamVeteranModel needs each sample's query: pass prompt_field='<query field>' to "
                              "apply_model, or call predict(image, sample=sample)")
         query = sample.get_field(self.prompt_field) if sample.has_field(self.prompt_field) else None
-        return prepare_input(sample.filepath, query, self.prompt_field, image=np.asarray(arg))
+        gt_field = self.gt_field
+        truth = sample.get_field(gt_field) if gt_field and sample.has_field(gt_field) else None
+        return prepare_input(sample.filepath, query, self.prompt_field, image=np.asarray(arg), ground_truth=truth,
+                             gt_field=gt_field)
