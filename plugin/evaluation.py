@@ -26,9 +26,11 @@ import fiftyone.core.evaluation as foe
 import numpy as np
 
 from .agent.images import decoder_message
+from .agent.trace import Action
 from .curation.bands import histogram_edges
 from .labels import AgentFields, placed_crop
-from .metrics import DEFAULT_CONVENTION, get_convention, item_ious, score_crop, score_item, summarize_counts
+from .metrics import (DEFAULT_CONVENTION, NOC_THRESHOLDS, get_convention, item_ious, mean_clicks_to_reach, score_crop,
+                      score_item, summarize_counts)
 
 RUN_TYPE = "reasoning_segmentation"  # the config type that marks this plugin's runs in list_evaluations
 CHUNK = 128  # samples whose masks are in memory at once
@@ -176,7 +178,7 @@ class ReasonSegEvaluation(foe.EvaluationMethod):
         convention = get_convention(config.protocol)
         ids = samples.values("id")
         is_sentence = samples.values("is_sentence") if samples.has_field("is_sentence") else [None] * len(ids)
-        scores, step_scores, stopped = [], [], []
+        scores, step_scores, step_clicks, stopped = [], [], [], []
         for start in range(0, len(ids), CHUNK):
             chunk = samples.select(ids[start:start + CHUNK], ordered=True)
             for row in zip(*_read_chunk(chunk, config)):
@@ -184,6 +186,7 @@ class ReasonSegEvaluation(foe.EvaluationMethod):
                 prediction = _check_prediction(prediction, ground_truth, sample_id, config.mask_field)
                 scores.append(score_item(prediction, ground_truth, convention))
                 step_scores.append(_score_steps(steps, ground_truth, convention, sample_id, config.steps_field))
+                step_clicks.append(_clicks_so_far(steps))
                 stopped.append(bool(by_agent))
             if progress is not None:
                 progress(min(start + CHUNK, len(ids)) / max(len(ids), 1))
@@ -193,7 +196,7 @@ class ReasonSegEvaluation(foe.EvaluationMethod):
             missing=[s.missing for s in scores],
             step_intersections=[[s.intersection for s in row] for row in step_scores],
             step_unions=[[s.union for s in row] for row in step_scores],
-            stopped_by_agent=stopped, is_sentence=is_sentence, backend=self)
+            stopped_by_agent=stopped, is_sentence=is_sentence, step_clicks=step_clicks, backend=self)
 
     def write_fields(self, samples, eval_key: str, results: "ReasonSegResults") -> None:
         """``<eval_key>_iou`` (None where the convention leaves the item out) and the per-step IoUs (NaN there: a
@@ -210,7 +213,7 @@ def _read_chunk(chunk, config):
     paths = ["id", f"{gt}.mask", f"{gt}.mask_path", f"{pred}.mask", f"{pred}.mask_path"]
     if steps:
         paths += [f"{steps}.detections.mask", f"{steps}.detections.bounding_box", f"{steps}.detections.step",
-                  AgentFields.of(pred).stopped_by_agent]
+                  AgentFields.of(pred).stopped_by_agent, f"{steps}.detections.action"]
     columns = chunk.values(paths)
     ids = columns[0]
     ground_truths = []
@@ -225,8 +228,8 @@ def _read_chunk(chunk, config):
     predictions = [_mask(m, p, i) for i, m, p in zip(ids, columns[3], columns[4])]
     if not steps:
         return ids, ground_truths, predictions, [None] * len(ids), [False] * len(ids)
-    step_rows = [list(zip(masks or [], boxes or [], numbers or [])) for masks, boxes, numbers in
-                 zip(columns[5], columns[6], columns[7])]
+    step_rows = [list(zip(masks or [], boxes or [], numbers or [], actions or [])) for masks, boxes, numbers, actions
+                 in zip(columns[5], columns[6], columns[7], columns[9])]
     return ids, ground_truths, predictions, step_rows, columns[8]
 
 
@@ -248,6 +251,18 @@ def _check_prediction(mask, ground_truth: np.ndarray, sample_id: str, field: str
     return mask if mask.ndim == 2 else mask.any(axis=2)
 
 
+CLICKS_PER_ACTION = {Action.POSITIVE.value: 1, Action.NEGATIVE.value: 1, Action.POSITIVE_AND_NEGATIVE.value: 2}
+
+
+def _clicks_so_far(steps) -> list[int]:
+    """Clicks made up to each mask step, in step order (step 0, the box, has none; a step clicks once or twice)."""
+    total, out = 0, []
+    for _, _, _, action in sorted(steps or [], key=lambda row: row[2] if row[2] is not None else 0):
+        total += CLICKS_PER_ACTION.get(action, 0)
+        out.append(total)
+    return out
+
+
 def _score_steps(steps, ground_truth, convention, sample_id, field):
     """Scores of every step mask, in step order; each mask is its detection mask pasted at its box."""
     if not steps:
@@ -255,7 +270,7 @@ def _score_steps(steps, ground_truth, convention, sample_id, field):
     height, width = ground_truth.shape
     target_area = score_item(None, ground_truth, convention).union
     scores = []
-    for mask, box, number in sorted(steps, key=lambda row: row[2] if row[2] is not None else 0):
+    for mask, box, number, _ in sorted(steps, key=lambda row: row[2] if row[2] is not None else 0):
         if mask is None:
             raise ValueError(f"sample {sample_id}: {field} step {number} has no mask")
         crop, x, y = placed_crop(mask, box, width, height)
@@ -267,7 +282,8 @@ class ReasonSegResults(foe.EvaluationResults):
     """Per-sample intersections and unions (final and after every step) and the summaries built from them."""
 
     def __init__(self, samples, config, eval_key, ids, intersections, unions, step_intersections=None,
-                 step_unions=None, stopped_by_agent=None, is_sentence=None, backend=None, missing=None):
+                 step_unions=None, stopped_by_agent=None, is_sentence=None, backend=None, missing=None,
+                 step_clicks=None):
         super().__init__(samples, config, eval_key, backend=backend)
         self.ids = list(ids)
         self.intersections = [int(v) for v in intersections]
@@ -277,6 +293,7 @@ class ReasonSegResults(foe.EvaluationResults):
         self.step_unions = [list(map(int, r)) for r in (step_unions or [[] for _ in self.ids])]
         self.stopped_by_agent = [bool(v) for v in (stopped_by_agent or [False] * len(self.ids))]
         self.is_sentence = list(is_sentence) if is_sentence is not None else [None] * len(self.ids)
+        self.step_clicks = [list(map(int, r)) for r in (step_clicks or [[] for _ in self.ids])]
 
     @property
     def protocol(self) -> str:
@@ -340,6 +357,14 @@ class ReasonSegResults(foe.EvaluationResults):
                                                [self.missing[i] for i in rows])
         return split
 
+    def noc(self) -> dict[str, float] | None:
+        """NoC@85 and NoC@90, the interactive-segmentation protocol's clicks to reach IoU 0.85 / 0.90 (capped at
+        20: a sample that never reaches it, or stops before, counts 20); None for results without steps."""
+        if not any(self.step_intersections):
+            return None
+        items = [(ious.tolist(), clicks) for ious, clicks in zip(self.step_ious, self.step_clicks)]
+        return {f"NoC@{round(t * 100)}": mean_clicks_to_reach(items, t) for t in NOC_THRESHOLDS}
+
     def histogram(self, bins: int = HISTOGRAM_BINS) -> list[dict]:
         """Counts of final IoUs in `bins` equal bins over [0, 1] (the last bin includes 1)."""
         ious = self.ious[~np.isnan(self.ious)]
@@ -350,15 +375,15 @@ class ReasonSegResults(foe.EvaluationResults):
         """Everything at once: metrics, curve, stop rates, split by query type, histogram, protocol."""
         return {"protocol": self.protocol, "metrics": self.metrics(), "step_curve": self.step_curve(),
                 "stop_rates": self.stop_rates(), "by_query_type": self.by_query_type(),
-                "histogram": self.histogram()}
+                "histogram": self.histogram(), "noc": self.noc()}
 
     def attributes(self):
         return ["cls", "ids", "intersections", "unions", "step_intersections", "step_unions", "stopped_by_agent",
-                "is_sentence", "missing"]
+                "is_sentence", "missing", "step_clicks"]
 
     @classmethod
     def _from_dict(cls, d, samples, config, eval_key, **kwargs):
         return cls(samples, config, eval_key, d["ids"], d["intersections"], d["unions"],
                    step_intersections=d.get("step_intersections"), step_unions=d.get("step_unions"),
                    stopped_by_agent=d.get("stopped_by_agent"), is_sentence=d.get("is_sentence"),
-                   missing=d.get("missing"), **kwargs)
+                   missing=d.get("missing"), step_clicks=d.get("step_clicks"), **kwargs)

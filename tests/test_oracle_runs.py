@@ -51,3 +51,21 @@ def test_oracle_boxes_are_the_ground_truths_and_a_sample_without_one_fails(scene
         box = [x * width, y * height, (x + w) * width, (y + h) * height]
         assert np.allclose(box, _tight_box(sample.ground_truth.mask), atol=0.05)
     assert third.end_reason == "invalid_input" and "no ground truth in field 'ground_truth'" in third.error
+
+
+def test_evaluation_reports_noc_from_the_steps_clicks(scenes_dataset, tiny_models):
+    from sam_veteran.plugin.panels.evaluation import summary_markdown
+
+    view = scenes_dataset.limit(2)
+    sam_veteran.run_agent(view, policy="oracle", segmenter=str(tiny_models["segmenter"]), max_steps=3,
+                          device="cpu", label_field="oracle", batch_size=2)
+    results = sam_veteran.evaluate(view, "oracle", eval_key="noc")
+    ious, clicks = results.step_ious, results.step_clicks
+    assert all(c == list(range(len(i))) for i, c in zip(ious, clicks))  # the simulated user clicks once a step
+    expected = []
+    for row in ious:
+        reached = [k for k, v in enumerate(row) if v >= 0.85]
+        expected.append(reached[0] if reached else 20)
+    assert results.noc()["NoC@85"] == pytest.approx(np.mean(expected))
+    assert results.report()["noc"] == results.noc()
+    assert "NoC@90 (clicks, cap 20)" in summary_markdown({"noc": scenes_dataset.load_evaluation_results("noc")})

@@ -135,7 +135,8 @@ def _point(ctx) -> tuple[str, int]:
 
 
 def summary_markdown(results: dict) -> str:
-    """One column per evaluation: protocol, gIoU, cIoU, items, the split by query type, the final stop share."""
+    """One column per evaluation: protocol, gIoU, cIoU, items, the split by query type, the final stop share,
+    NoC@85/90."""
     if not results:
         return ""
     rows = {"protocol": {}, "gIoU": {}, "cIoU": {}, "items": {}}
@@ -150,6 +151,8 @@ def summary_markdown(results: dict) -> str:
         stops = result.stop_rates()
         if stops:
             rows.setdefault("stopped by the agent", {})[key] = f"{stops[-1]['cumulative_share']:.1%}"
+        for name, value in (result.noc() or {}).items():
+            rows.setdefault(f"{name} (clicks, cap 20)", {})[key] = f"{value:.2f}"
     keys = list(results)
     lines = ["| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(values.get(k, "-") for k in keys) + " |" for name, values in rows.items()]
