@@ -155,8 +155,11 @@ def demo(args) -> int:
 
     say = stderr_say if args.json else print
     if args.tiny:
-        say("Using the tiny random-weight models: their answers are noise, the numbers below test the machinery.")
+        say("Using the tiny random-weight policy (its answers are noise: the agent's numbers test the machinery) "
+            "with the shipped mini segmenter, which the simulated user beside it drives for real.")
     policy, segmenter, policy_kwargs = models(args, say)
+    if args.tiny and not args.segmenter:
+        segmenter = "mini"
     directory = args.dir or cache_dir() / "demo"
     dataset, summary = run_demo(policy, segmenter, directory, num_samples=args.samples, max_steps=args.max_steps,
                                 batch_size=args.batch_size, device=args.device, **policy_kwargs)
@@ -170,7 +173,12 @@ def demo(args) -> int:
         for point, stop in zip(summary["step_curve"], summary["stop_rates"]):
             print(f"  after step {point['step']}: gIoU {point['gIoU']:.3f}  cIoU {point['cIoU']:.3f}  "
                   f"agent stopped {stop['cumulative_share']:.0%} so far")
-        print(f"stored as evaluation '{summary['eval_key']}' (LISA protocol); in the App open the panel "
+        user = summary["simulated_user"]
+        noc = user["noc"] or {}
+        print(f"simulated user (the ground truth's box, then the protocol's clicks) with the same segmenter: gIoU "
+              f"{user['gIoU']:.3f}  cIoU {user['cIoU']:.3f}  " + "  ".join(f"{k} {v:.2f}" for k, v in noc.items()))
+        print(f"stored as evaluations '{summary['eval_key']}' and '{user['eval_key']}' (LISA protocol); in the App "
+              "open the panel "
               "'SAM-Veteran: Evaluation' (+ beside the Samples tab) for the curves and the worst samples")
         took = summary["seconds"]
         print(f"took {seconds(took['total'])} (loading the models {seconds(took['load'])}, "

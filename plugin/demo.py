@@ -1,8 +1,11 @@
-"""`sam-veteran demo`: a small dataset of generated scenes, the agent run on it, the metrics, the App.
+"""`sam-veteran demo`: a small dataset of generated scenes, the agent and the simulated user run on it, the
+metrics, the App.
 
-The scenes are drawn here (coloured shapes on textured backgrounds, image sizes deliberately not square), each
-with a referring query ("the red circle") and its exact ground-truth mask, so the demo needs no download beyond
-the models, and none at all with ``--tiny``.
+The scenes are the scene world's test split (`scenes.py`: occlusion, distractors, four query kinds, held-out
+colour/shape pairs), each with its exact ground-truth mask, so the demo needs no download beyond the models, and
+none at all with ``--tiny``. Beside the agent, the simulated user (``policy="oracle"``: the ground truth's box,
+then the interactive-segmentation protocol's clicks) runs with the same segmenter under ``oracle``, evaluated
+as ``oracle``, so the evaluation panel compares the two.
 """
 
 from __future__ import annotations
@@ -13,50 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .defaults import DEFAULT_EVAL_KEY, DEFAULT_LABEL_FIELD, DEFAULT_MAX_STEPS, DEFAULT_PROMPT_FIELD
+from .defaults import DEFAULT_EVAL_KEY, DEFAULT_LABEL_FIELD, DEFAULT_PROMPT_FIELD
 from .labels import AgentFields
+from .scenes import make_scenes
 
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
-SHAPES = ("circle", "square", "triangle")
-SIZES = ((320, 240), (240, 320), (400, 300), (256, 256))
 DEMO_DATASET = "sam-veteran-demo"
-
-
-@dataclass
-class Scene:
-    image: np.ndarray
-    query: str
-    mask: np.ndarray  # uint8, 1 = target
-
-
-def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
-    """Two or three distinct shapes on a noisy background; the query names one of them by colour and shape."""
-    width, height = size
-    background = rng.integers(90, 170, size=3)
-    pixels = np.clip(background + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    kinds = [(c, s) for c in COLORS for s in SHAPES]
-    chosen = [kinds[i] for i in rng.choice(len(kinds), size=int(rng.integers(2, 4)), replace=False)]
-    masks = []
-    for color, shape in chosen:
-        layer = Image.new("L", size, 0)
-        radius = int(rng.integers(min(size) // 10, min(size) // 5))
-        cx, cy = int(rng.integers(radius, width - radius)), int(rng.integers(radius, height - radius))
-        draw = ImageDraw.Draw(layer)
-        if shape == "circle":
-            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
-        elif shape == "square":
-            draw.rectangle([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
-        else:
-            draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=255)
-        image.paste(Image.new("RGB", size, COLORS[color]), mask=layer)
-        new = np.asarray(layer) > 0
-        masks = [m & ~new for m in masks] + [new]
-    target = int(rng.integers(len(chosen)))
-    color, shape = chosen[target]
-    return Scene(np.asarray(image), f"the {color} {shape}", masks[target].astype(np.uint8))
+ORACLE_FIELD = "oracle"  # the simulated user's labels and evaluation key, beside the agent's
+SCENES_PER_SEED = 100_000  # scene indices of one demo seed: seed 0 draws test scenes 0, 1, 2, ...
 
 
 def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str | None = DEMO_DATASET, seed: int = 0,
@@ -72,24 +40,22 @@ def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str | 
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     if name is not None and fo.dataset_exists(name):
         fo.delete_dataset(name)
     dataset = fo.Dataset(name, persistent=persistent)
     samples = []
-    for i in range(num_samples):
-        scene = make_scene(rng, SIZES[i % len(SIZES)])
+    for i, scene in enumerate(make_scenes("test", num_samples, start=seed * SCENES_PER_SEED)):
         path = directory / f"scene_{i:03d}.png"
         Image.fromarray(scene.image).save(path)
-        samples.append(fo.Sample(filepath=str(path), query=scene.query,
-                                 ground_truth=fo.Segmentation(mask=scene.mask), tags=["demo"]))
+        samples.append(fo.Sample(filepath=str(path), query=scene.query, ground_truth=fo.Segmentation(mask=scene.mask),
+                                 query_kind=scene.kind, held_out=scene.held_out, tags=["demo"]))
     dataset.add_samples(samples)
     dataset.compute_metadata()
     return dataset
 
 
 def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: int = 8,
-             max_steps: int = DEFAULT_MAX_STEPS, batch_size: int = 4, device: str | None = None,
+             max_steps: int | None = None, batch_size: int = 4, device: str | None = None,
              name: str = DEMO_DATASET, **policy_kwargs) -> tuple[object, dict]:
     """Build the dataset, run the agent on it, evaluate it (LISA's protocol, evaluation key ``eval``, the one the
     evaluation panel opens); returns (dataset, summary).
@@ -99,6 +65,7 @@ def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: in
     """
     import fiftyone as fo
 
+    from .agent import Agent, AgentConfig, OraclePolicy
     from .evaluation import evaluate
     from .model import SamVeteranModel
 
@@ -111,6 +78,10 @@ def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: in
                             batch_size=batch_size)
         ran = time.perf_counter()
         results = evaluate(dataset, DEFAULT_LABEL_FIELD, eval_key=DEFAULT_EVAL_KEY)
+        oracle = SamVeteranModel(agent=Agent(OraclePolicy(), model.agent.segmenter,
+                                             AgentConfig(max_steps=model.agent.max_steps)))
+        dataset.apply_model(oracle, label_field=ORACLE_FIELD, prompt_field=DEFAULT_PROMPT_FIELD, batch_size=batch_size)
+        oracle_results = evaluate(dataset, ORACLE_FIELD, eval_key=ORACLE_FIELD)
     except BaseException:
         dataset.delete()
         raise
@@ -123,6 +94,9 @@ def run_demo(policy: str, segmenter: str, directory: str | Path, num_samples: in
         **{k: v for k, v in results.metrics().items() if k != "count"},
         "end_reasons": dict(reasons), "mean_masks_per_sample": float(np.mean(results.num_steps or [0])),
         "eval_key": DEFAULT_EVAL_KEY, "step_curve": results.step_curve(), "stop_rates": results.stop_rates(),
+        "simulated_user": {**{k: v for k, v in oracle_results.metrics().items() if k != "count"},
+                           "eval_key": ORACLE_FIELD, "noc": oracle_results.noc(),
+                           "step_curve": oracle_results.step_curve()},
         "seconds": {"load": round(loaded - started, 2), "agent": round(ran - loaded, 2),
                     "total": round(time.perf_counter() - started, 2)},
     }
