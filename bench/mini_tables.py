@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ def run_row(args) -> dict:
     for start in range(0, len(scenes), args.batch_size):
         chunk = scenes[start : start + args.batch_size]
         traces += agent.run([AgentInput(s.image, s.query, s.mask) for s in chunk])
-    row = {"name": args.name or args.row, "command": "python bench/mini_tables.py " + " ".join(sys.argv[1:]),
+    row = {"name": args.name or args.row, "command": "python bench/mini_tables.py " + shlex.join(sys.argv[1:]),
            "scenes": len(scenes), "segmenter": str(args.segmenter), **score_traces(traces, scenes),
            "seconds": round(time.perf_counter() - started, 1)}
     if args.row == "oracle_clicks":
