@@ -74,8 +74,9 @@ def add_view_arguments(parser, verb: str) -> None:
 
 def add_model_arguments(parser) -> None:
     parser.add_argument("--tiny", action="store_true", help="use the local tiny models: no network, random answers")
-    parser.add_argument("--policy", help=f"policy hub id or folder (default {DEFAULT_POLICY})")
-    parser.add_argument("--segmenter", help=f"{SEGMENTER_HELP} (default {DEFAULT_SEGMENTER})")
+    parser.add_argument("--policy", help=f"policy hub id or folder, 'mini' (shipped) or 'oracle' (the simulated user, "
+                                         f"reads the ground truth) (default {DEFAULT_POLICY})")
+    parser.add_argument("--segmenter", help=f"{SEGMENTER_HELP}, or 'mini' (shipped) (default {DEFAULT_SEGMENTER})")
     parser.add_argument("--family", choices=family_names(),
                         help="the policy's prompts and answer format (default: a known hub id's, else its model type)")
     parser.add_argument("--max-steps", type=int,
@@ -358,6 +359,9 @@ def add_run(subparsers) -> None:
                         help=f"samples the agent runs at once; each batch is written when done "
                              f"(default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--overwrite", action="store_true", help="run again on samples that already have results")
+    parser.add_argument("--gt-field", default=DEFAULT_GT_FIELD,
+                        help=f"the ground truth that --policy oracle (the simulated user) reads (default "
+                             f"{DEFAULT_GT_FIELD})")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     parser.set_defaults(handler=run_agent_command)
 
@@ -382,7 +386,7 @@ def run_agent_command(args) -> int:
 
     summary = run_agent(view, policy=policy, segmenter=segmenter, max_steps=args.max_steps, device=args.device,
                         label_field=args.label_field, prompt_field=args.prompt_field, batch_size=args.batch_size,
-                        overwrite=args.overwrite, progress=report, **policy_kwargs)
+                        overwrite=args.overwrite, gt_field=args.gt_field, progress=report, **policy_kwargs)
     run = AgentFields(args.label_field)
     summary["end_reasons"] = ({reason: n for reason, n in sorted(view.count_values(run.end_reason).items()) if reason}
                               if view.has_field(run.mask) else {})
@@ -468,8 +472,24 @@ def install_plugin(args) -> int:
     return 0
 
 
-COMMANDS = [add_demo, add_run, add_eval, add_import, add_export, add_train, add_tiny_models, add_install_plugin,
-            add_info]
+def add_mini(subparsers) -> None:
+    from .trainer.mini.cli import add_arguments
+
+    parser = add_subparser(subparsers, "mini", help="the shipped mini models (trained here on generated scenes)")
+    actions = parser.add_subparsers(dest="mini_command", required=True, metavar="ACTION")
+    train_parser = actions.add_parser("train", help="rebuild them from nothing, one resumable stage at a time")
+    add_arguments(train_parser)
+    train_parser.set_defaults(handler=mini_train)
+
+
+def mini_train(args) -> int:
+    from .trainer.mini.cli import run
+
+    return run(args)
+
+
+COMMANDS = [add_demo, add_run, add_eval, add_import, add_export, add_train, add_mini, add_tiny_models,
+            add_install_plugin, add_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

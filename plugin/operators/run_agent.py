@@ -7,8 +7,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..agent.prompts import family_names
-from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_LABEL_FIELD, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD,
-                        DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
+from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD, DEFAULT_POLICY,
+                        DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
 from ..inference import RunProgress, iter_run_agent
 from ..labels import has_results, label_fields
 from .common import add_target_view, call_operator, execution_options, report_progress, target_view
@@ -47,7 +47,8 @@ class RunSamVeteran(foo.Operator):
         inputs.str("label_field", default=DEFAULT_LABEL_FIELD, required=True, label="Label field",
                    description="writes <field>_mask, <field>_steps and <field>_clicks")
         inputs.str("policy", default=DEFAULT_POLICY, required=True, label="Policy",
-                   description="a Hugging Face hub id or a local checkpoint folder (Qwen2/2.5/3-VL)")
+                   description="a Hugging Face hub id or a local checkpoint folder (Qwen2/2.5/3-VL), mini (shipped) "
+                               "or oracle (the simulated user: reads the ground truth)")
         inputs.str("segmenter", default=DEFAULT_SEGMENTER, required=True, label="Segmenter",
                    description=SEGMENTER_HELP)
         inputs.enum("family", [AUTO_FAMILY, *family_names()], default=AUTO_FAMILY, label="Policy family",
@@ -56,6 +57,8 @@ class RunSamVeteran(foo.Operator):
         inputs.int("max_steps", min=0, label="Max refinement steps",
                    description="clicks the agent may make after its box (empty = the family's: 3, 0 for peers)")
         inputs.int("batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size")
+        inputs.str("gt_field", default=DEFAULT_GT_FIELD, label="Ground-truth field",
+                   description="read only by the simulated user (policy 'oracle')")
         inputs.int("max_new_tokens", default=MAX_NEW_TOKENS, min=1, label="Longest answer (tokens)",
                    description="the policy's generation cap per step")
         inputs.bool("overwrite", default=False, label="Overwrite",
@@ -85,7 +88,8 @@ class RunSamVeteran(foo.Operator):
                               label_field=p.get("label_field", DEFAULT_LABEL_FIELD),
                               prompt_field=p.get("prompt_field", DEFAULT_PROMPT_FIELD),
                               batch_size=p.get("batch_size", DEFAULT_BATCH_SIZE), overwrite=p.get("overwrite", False),
-                              max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS), **policy_kwargs)
+                              max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS),
+                              gt_field=p.get("gt_field", DEFAULT_GT_FIELD), **policy_kwargs)
 
     def _run(self, ctx) -> dict:
         """Delegated: progress is stored on the operation; the summary is its result."""
