@@ -273,7 +273,7 @@ def test_family_reaches_the_loaded_policy_and_sets_the_default_steps(tiny_models
     assert SamVeteranModel(policy=path, segmenter=str(tiny_models["segmenter"]), device="cpu").agent.max_steps == 3
 
 
-def test_cli_and_operator_offer_the_family(dataset, installed_plugin):
+def test_cli_and_operator_offer_the_family(dataset, installed_plugin, capsys):
     from fiftyone.operators.executor import ExecutionContext, Executor
 
     from sam_veteran.cli import main
@@ -283,5 +283,6 @@ def test_cli_and_operator_offer_the_family(dataset, installed_plugin):
     form = RunSamVeteran().resolve_input(context).type
     assert form.properties["family"].type.values == ["auto", *FAMILIES, *PEER_FAMILIES]
     assert form.properties["max_steps"].default is None
-    with pytest.raises(ValueError, match="seg_zero, vision_reasoner"):
+    with pytest.raises(SystemExit) as exit_:
         main(["run", dataset.name, "--tiny", "--family", "llava"])
+    assert exit_.value.code == 2 and "'seg_zero', 'vision_reasoner'" in capsys.readouterr().err

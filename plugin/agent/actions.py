@@ -20,11 +20,13 @@ Point = tuple[float, float]
 
 @dataclass(frozen=True)
 class BoxAction:
-    """A grounding answer's box (xyxy, original-image pixels), or `error` when no area is left inside the image."""
+    """A grounding answer's box (xyxy, original-image pixels), or `error` when no area is left inside the image;
+    `points` are the positive clicks some families (Seg-Zero, VisionReasoner) give with the box, on the image."""
 
     box: Box | None
     notes: tuple[str, ...] = ()
     error: str | None = None
+    points: tuple[Point, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ def answer_box(answer: ParsedAnswer, family: ModelFamily, image_size: tuple[int,
         notes.append("box clamped into the image")
     if clamped[2] <= clamped[0] or clamped[3] <= clamped[1]:
         return BoxAction(None, tuple(notes), f"box {list(answer.box)} has no area inside the image")
-    return BoxAction(clamped, tuple(notes))
+    points = tuple(_click(point, family, image_size, f"point {number}", notes)
+                   for number, point in enumerate(answer.points, 1))
+    return BoxAction(clamped, tuple(notes), points=points)
 
 
 def answer_clicks(answer: ParsedAnswer, family: ModelFamily, image_size: tuple[int, int]) -> ClickAction:

@@ -150,10 +150,6 @@ class Agent:
                 state.trace.end_reason = EndReason.PARSE_FAILURE
                 continue
             step.action = Action.BOX
-            size = state.trace.image_size
-            for number, point in enumerate(answer.points, 1):
-                step.box_points.append(self._clamp_point(self.family.to_image(point, size), size, step,
-                                                         f"point {number}"))
             state.points += step.box_points
             state.labels += [1] * len(step.box_points)
             self._segment(state, step)
@@ -208,11 +204,13 @@ class Agent:
             return text, None, [], str(exc)
 
     def _set_box(self, state: _State, answer: ParsedAnswer, step: Step) -> str | None:
-        """The answer's box in image pixels, repaired (`answer_box`); an error if nothing is left of it."""
+        """The answer's box (and any clicks given with it) in image pixels, repaired (`answer_box`); an error if
+        nothing is left of the box."""
         action = answer_box(answer, self.family, state.trace.image_size)
         step.notes.extend(action.notes)
         if action.error is None:
             state.box = step.box = action.box
+            step.box_points = list(action.points)
         return action.error
 
     def _segment(self, state: _State, step: Step) -> None:

@@ -10,6 +10,7 @@ the cache, downloaded once.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
