@@ -15,14 +15,12 @@ from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.server.main
-import numpy as np
 import pytest
 
-from sam_veteran.plugin.agent import FAMILIES, Agent, AgentConfig
+from sam_veteran.plugin.agent import Agent, AgentConfig, OraclePolicy, load_segmenter
 from sam_veteran.plugin.demo import build_demo_dataset
 from sam_veteran.plugin.inference import run_agent
 from sam_veteran.plugin.model import SamVeteranModel
-from scripted import ScriptedPolicy, box_answer, click_answer
 
 pytestmark = pytest.mark.browser
 
@@ -31,7 +29,6 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-FAMILY = FAMILIES["qwen2_5_vl"]
 
 
 @pytest.fixture(scope="module")
@@ -43,31 +40,13 @@ def chromium() -> Path:
     pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (Debian's build; never `playwright install`)")
 
 
-def ground_truth_answers(dataset):
-    """Scripted answers from each scene's ground truth: its box, then a click at its centre, then stop."""
-    answers = {}
-    for sample in dataset:
-        ys, xs = np.nonzero(sample["ground_truth"].mask)
-        size = (sample.metadata.width, sample.metadata.height)
-        box = FAMILY.box_to_policy((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), size)
-        answers[sample["query"]] = ([round(v) for v in box],
-                                    [round(v) for v in FAMILY.to_policy((xs.mean(), ys.mean()), size)])
-
-    def answer(query, step, sampled):
-        box, click = answers[query]
-        if step == 0:
-            return box_answer(box)
-        return click_answer(positive=click) if step == 1 else click_answer()
-
-    return answer
-
-
 @pytest.fixture
-def scenes(tmp_path, tiny_segmenter):
-    """Four demo scenes with agent results (scripted answers, the tiny SAM) under `veteran`."""
+def scenes(tmp_path):
+    """Four demo scenes with real results under `veteran`: the simulated user (the ground truth's box, then the
+    protocol's clicks) driving the shipped mini segmenter."""
     name = f"browser-scenes-{uuid.uuid4().hex[:8]}"  # the database may be shared with other test sessions
     dataset = build_demo_dataset(tmp_path / "scenes", num_samples=4, name=name)
-    agent = Agent(ScriptedPolicy(ground_truth_answers(dataset)), tiny_segmenter, AgentConfig(max_steps=2))
+    agent = Agent(OraclePolicy(stop_iou=0.95), load_segmenter("mini", device="cpu"), AgentConfig(max_steps=2))
     run_agent(dataset, SamVeteranModel(agent=agent))
     yield dataset
     dataset.delete()
@@ -133,7 +112,7 @@ def test_run_sam_veteran_from_the_operator_browser(chromium, app_url, scenes, ti
             form.locator('input[value="veteran"]').fill("tiny")
             form.locator('input[value="Qwen/Qwen2.5-VL-7B-Instruct"]').fill(str(tiny_models["policy-qwen2_5_vl"]))
             form.locator('input[value="vit_h"]').fill(str(tiny_models["segmenter"]))
-            form.locator('input[type=number][value="3"]').fill("1")
+            form.locator('input[type=number]').first.fill("1")  # max steps: empty = the family's default
             form.locator('input[value="512"]').fill("16")
             page.screenshot(path=ARTIFACTS / "03-operator-form.png")
             form.get_by_role("button", name="Execute").click()
