@@ -236,13 +236,15 @@ def refinement_answer(scene: Scene, shown: np.ndarray, family: ModelFamily = FAM
 
 class Probes(torch.nn.Module):
     """Training-only linear read-outs: row, column and "is this the query's target" from the language model (the
-    image tokens see the query: the family puts it first), colour and shape from the vision tower."""
+    image tokens see the query: the family puts it first), colour and shape from the vision tower, and the
+    target's box at the position that starts writing it."""
 
     def __init__(self, hidden: int, grid: int) -> None:
         super().__init__()
         self.row = torch.nn.Linear(hidden, grid)
         self.col = torch.nn.Linear(hidden, grid)
         self.target = torch.nn.Linear(hidden, 2)
+        self.box = torch.nn.Linear(hidden, 4)
         self.color = torch.nn.Linear(hidden, len(COLORS) + 1)
         self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
 
@@ -339,6 +341,21 @@ class ItemSource:
         return result.mask
 
 
+def _box_probe_loss(probes: Probes, outputs, inputs, coordinate_loss: "CoordinateLoss", scenes) -> torch.Tensor:
+    """Squared error of the target's box (in the view, over its size) read linearly from the last layer's input at
+    the position that predicts the box's first coordinate: the box must be there before it can be written."""
+    hidden = outputs.hidden_states[-2]
+    coordinates = coordinate_loss.targets(inputs)
+    losses = []
+    for b, scene in enumerate(scenes):
+        where = (coordinates[b] >= 0).nonzero()[:, 0]
+        if scene is None or len(where) != 4:
+            continue
+        target = coordinates[b, where].float() / len(coordinate_loss.values)
+        losses.append(((probes.box(hidden[b, where[0]]) - target) ** 2).mean())
+    return torch.stack(losses).mean() * 10 if losses else torch.zeros(())
+
+
 def _probe_losses(model, probes: Probes, outputs, inputs, scenes: list[Scene], grid: int) -> torch.Tensor:
     image_token = model.config.image_token_id
     hidden = outputs.hidden_states[PROBE_LAYER]
@@ -369,11 +386,19 @@ class CoordinateLoss:
         self.value_of[ids] = torch.arange(len(ids))
         self.values = torch.arange(len(ids), dtype=torch.float32)
         self.sigma = sigma
+        # a coordinate follows "[" or a space; the 2 of "bbox_2d" follows "_"
+        self.openers = torch.tensor(tokenizer.convert_tokens_to_ids(["Ġ[", "Ġ", "["]))
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-        targets = self.value_of[labels.clamp(min=0)]
-        where = (labels >= 0) & (targets >= 0)
+    def targets(self, inputs) -> torch.Tensor:
+        """Per position t, the coordinate value token t + 1 holds (-1 where it holds none): what t predicts."""
+        labels = inputs["labels"][:, 1:]
+        values = self.value_of[labels.clamp(min=0)]
+        opened = torch.isin(inputs["input_ids"][:, :-1], self.openers)
+        return torch.where((labels >= 0) & opened, values, torch.full_like(values, -1))
+
+    def __call__(self, logits: torch.Tensor, inputs) -> torch.Tensor:
+        logits, targets = logits[:, :-1], self.targets(inputs)
+        where = targets >= 0
         if not where.any():
             return torch.zeros(())
         scores = logits[where][:, self.ids].log_softmax(-1)
@@ -388,13 +413,13 @@ def _pointer_loss(outputs, inputs, scenes: list[Scene], grid: int, coordinate_lo
     """-log of the attention mass that head 0 of `POINTER_LAYER` puts on the target's image tokens, at every
     position that predicts a box coordinate (grounding items)."""
     attention = outputs.attentions[POINTER_LAYER][:, 0]
-    labels = inputs["labels"]
+    coordinates = coordinate_loss.targets(inputs)
     losses = []
     for b, scene in enumerate(scenes):
         if scene is None:
             continue
         where = (inputs["input_ids"][b] == image_token).nonzero()[:, 0]
-        predicts = (coordinate_loss.value_of[labels[b, 1:].clamp(min=0)] >= 0) & (labels[b, 1:] >= 0)
+        predicts = coordinates[b] >= 0
         if len(where) != grid * grid or not predicts.any():
             continue
         target = torch.from_numpy(token_labels(scene, FAMILY, grid)[2]).bool()
@@ -446,8 +471,9 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        probes.load_state_dict(state["probes"])
-        optimizer.load_state_dict(state["optimizer"])
+        missing = probes.load_state_dict(state["probes"], strict=False).missing_keys
+        if not missing:  # a checkpoint of an earlier recipe (fewer probes) keeps its weights, not its optimiser
+            optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
     (output / "config.json").write_text(json.dumps(asdict(config), indent=1))
     segmenter = None
@@ -483,9 +509,10 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
         outputs = model(**inputs, output_hidden_states=True, output_attentions=True)
         scenes = [s for _, _, s in items]
         probe = _probe_losses(model, probes, outputs, inputs, scenes, grid)
-        coordinates = coordinate_loss(outputs.logits, inputs["labels"])
-        pointer = _pointer_loss(outputs, inputs, [s if "bbox_2d" in a else None for _, a, s in items], grid,
-                                coordinate_loss, model.config.image_token_id)
+        coordinates = coordinate_loss(outputs.logits, inputs)
+        grounding = [s if "bbox_2d" in a else None for _, a, s in items]
+        pointer = _pointer_loss(outputs, inputs, grounding, grid, coordinate_loss, model.config.image_token_id)
+        probe = probe + _box_probe_loss(probes, outputs, inputs, coordinate_loss, grounding)
         loss = (outputs.loss + config.probe_weight * probe + config.coordinate_weight * coordinates
                 + config.pointer_weight * pointer)
         optimizer.zero_grad()
