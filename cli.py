@@ -112,7 +112,7 @@ def models(args, say) -> tuple[str, str, dict]:
     policy, segmenter = args.policy or DEFAULT_POLICY, args.segmenter or DEFAULT_SEGMENTER
     needed = downloads.needed(policy, segmenter)
     for download in needed:
-        say(f"Downloading {download.describe()}, unless already there.")
+        say(f"This run downloads {download.describe()}.")
     try:
         downloads.check(needed)
     except downloads.DownloadUnavailable as exc:

@@ -87,7 +87,7 @@ def test_a_model_that_cannot_be_downloaded_fails_at_once(dataset, capsys, monkey
     assert main(["run", dataset.name, "--policy", "someone/not-cached-model", "--segmenter", "vit_b"]) == 2
     assert time.monotonic() - started < 20
     output = capsys.readouterr()
-    assert "Downloading someone/not-cached-model from https://huggingface.co/someone/not-cached-model" in output.out
+    assert "This run downloads someone/not-cached-model from https://huggingface.co/someone/not-cached-model" in output.out
     lines = output.err.strip().splitlines()
     assert lines[0] == ("sam-veteran run: error: someone/not-cached-model is not in the Hugging Face cache and "
                         "HF_HUB_OFFLINE is set")
