@@ -502,7 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment(args)
     command = f"{PROG} {args.command}" + (f" {args.format}" if getattr(args, "format", None) else "")
     try:
-        return args.handler(args)
+        try:
+            return args.handler(args)
+        except SystemExit as exc:  # a message from a layer below (the trainer's argument checks)
+            if isinstance(exc.code, str):
+                raise CommandError(exc.code) from exc
+            raise
     except (CommandError, *USER_ERRORS) as exc:
         if args.debug:
             raise

@@ -165,3 +165,8 @@ def test_the_environment_defaults_keep_output_quiet_and_yield_to_the_user(monkey
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # pytest's output is not a terminal
     assert os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] == "true"
     assert "FIFTYONE_LOGGING_LEVEL" not in os.environ  # only --json silences the info logs
+
+
+def test_a_message_from_the_trainer_is_a_cli_error_too(capsys):
+    assert main(["train"]) == 2
+    assert_one_line_error(capsys, "train", "--config", "--tiny")
