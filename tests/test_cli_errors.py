@@ -93,6 +93,8 @@ def test_a_model_that_cannot_be_downloaded_fails_at_once(dataset, capsys, monkey
                         "HF_HUB_OFFLINE is set")
     assert "--tiny" in lines[1]
     assert not dataset.has_field("veteran_mask")
+    assert main(["run", dataset.name, "--policy", "./no-such-folder", "--segmenter", "vit_b"]) == 2
+    assert_one_line_error(capsys, "run", "./no-such-folder is neither a local folder nor a hub id")
 
 
 def test_deprecated_aliases_still_work_and_say_so(tmp_path, capsys):
