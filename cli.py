@@ -118,7 +118,7 @@ def models(args, say) -> tuple[str, str, dict]:
     policy, segmenter = args.policy or DEFAULT_POLICY, args.segmenter or DEFAULT_SEGMENTER
     needed = downloads.needed(policy, segmenter)
     for download in needed:
-        say(f"Downloading {download.describe()}, unless already there.")
+        say(f"This run downloads {download.describe()}.")
     try:
         downloads.check(needed)
     except downloads.DownloadUnavailable as exc:
@@ -535,7 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment(args)
     command = f"{PROG} {args.command}" + (f" {args.format}" if getattr(args, "format", None) else "")
     try:
-        return args.handler(args)
+        try:
+            return args.handler(args)
+        except SystemExit as exc:  # a message from a layer below (the trainer's argument checks)
+            if isinstance(exc.code, str):
+                raise CommandError(exc.code) from exc
+            raise
     except (CommandError, *USER_ERRORS) as exc:
         if args.debug:
             raise

@@ -75,7 +75,11 @@ def _hub_download(spec: str) -> Download | None:
         return None
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import ENDPOINT, HF_HUB_CACHE
+    from huggingface_hub.errors import HFValidationError
 
-    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
-        return None
+    try:
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            return None
+    except HFValidationError:
+        raise FileNotFoundError(f"{spec} is neither a local folder nor a hub id (owner/name)") from None
     return Download(spec, f"{ENDPOINT}/{spec}", HF_HUB_CACHE, hub=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from ..labels import AgentFields
 from .bands import IOU_BAND_EDGES, band_index, band_label
 
 QUERY_TAGS = {True: "query:sentence", False: "query:phrase"}
@@ -56,7 +57,7 @@ def tag_from_evaluation(samples, eval_key: str = "eval", margin: float = 0.05, g
     n = len(ious)
     has_steps = getattr(config, "steps_field", None) is not None  # an agent result: per-step IoUs exist
     step_ious = samples.values(f"{eval_key}_step_ious") if has_steps else [None] * n
-    stopped = samples.values(f"{config.mask_field}.stopped_by_agent") if has_steps else [False] * n
+    stopped = samples.values(AgentFields.of(config.mask_field).stopped_by_agent) if has_steps else [False] * n
     is_sentence = samples.values("is_sentence") if samples.has_field("is_sentence") else [None] * n
 
     ours = set(evaluation_tags(eval_key))

@@ -7,10 +7,12 @@ Plain numpy and torch types only, so a new backend (another SAM version) is one 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # so `dispatch.segmenter_kind` needs no torch
+    import torch
 
 
 @dataclass
