@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -342,3 +343,49 @@ def test_a_killed_export_keeps_the_earlier_one_and_a_rerun_completes(tmp_path, p
     assert exported(out) == 6
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
     dataset.delete()
+
+
+def start_mongod(directory: Path, port: int) -> subprocess.Popen:
+    """FiftyOne's mongod on `directory` with periodic checkpoints off: only the journal survives a SIGKILL, so
+    collection counts (kept with the checkpoints) come back stale while every document is there."""
+    import importlib.util
+
+    mongod = Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0]) / "db" / "bin" / "mongod"
+    directory.mkdir(exist_ok=True)
+    process = subprocess.Popen([str(mongod), "--dbpath", str(directory), "--port", str(port), "--bind_ip",
+                                "127.0.0.1", "--nounixsocket", "--syncdelay", "0", "--logpath",
+                                str(directory / "mongod.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, (directory / "mongod.log").read_text()
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_after_an_unclean_database_restart_the_summary_counts_the_samples(tmp_path, tiny_models):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{port}"}
+    database = start_mongod(tmp_path / "db", port)
+    try:
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+                        "from agent_data import make_dataset; "
+                        "make_dataset(Path(sys.argv[2]), 13, name='unclean').persistent = True",
+                        str(WORKER.parent), str(tmp_path)], env=env, check=True, capture_output=True)
+        time.sleep(1)  # the journal is flushed every 100 ms
+        database.send_signal(signal.SIGKILL)
+        database.wait(timeout=30)
+        database = start_mongod(tmp_path / "db", port)
+        done = subprocess.run([sys.executable, str(WORKER), "run", "unclean", "veteran", str(tiny_models["segmenter"]),
+                               "0", "4"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert (summary["total"], summary["skipped"], summary["to_run"], summary["done"]) == (13, 0, 13, 13)
+    finally:
+        database.terminate()
+        database.wait(timeout=30)
