@@ -6,6 +6,10 @@
     python fault_worker.py delegated DATASET OPERATOR_URI
         executes the queued delegated operations of that operator on the dataset, as `fiftyone delegated launch`
         would.
+    python fault_worker.py pause MODULE:ATTR NTH before|after MARKER OPERATION ARG...
+        runs OPERATION (evaluate DATASET PRED_FIELD EVAL_KEY | import FOLDER NAME | export DATASET FOLDER), stopping
+        for good at the NTH call of MODULE:ATTR (before or after it runs) once MARKER is written: the test then
+        kills the process at exactly that point.
 """
 
 import json
@@ -42,9 +46,66 @@ def delegated(name: str, operator: str) -> None:
     DelegatedOperationService().execute_queued_operations(operator=operator, dataset_name=name)
 
 
+def pause(target: str, nth: int, when: str, marker: str, operation: str, *args: str) -> None:
+    import importlib
+
+    module_name, attribute = target.split(":")
+    owner = importlib.import_module(module_name)
+    *path, name = attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    original = getattr(owner, name)
+    calls = []
+
+    def paused(*call_args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth and when == "before":
+            stop_here(marker)
+        result = original(*call_args, **kwargs)
+        if len(calls) == nth and when == "after":
+            stop_here(marker)
+        return result
+
+    setattr(owner, name, paused)
+    OPERATIONS[operation](*args)
+    raise SystemExit(f"{target} was called {len(calls)} time(s), never the {nth}th")
+
+
+def stop_here(marker: str) -> None:
+    Path(marker).write_text("here")
+    while True:
+        time.sleep(1)
+
+
+def evaluate(name: str, pred_field: str, eval_key: str) -> None:
+    import fiftyone as fo
+
+    from sam_veteran import evaluate
+
+    evaluate(fo.load_dataset(name), pred_field, eval_key=eval_key)
+
+
+def import_folder(folder: str, name: str) -> None:
+    from sam_veteran import import_reasonseg
+
+    import_reasonseg(folder, name=name, overwrite=True, persistent=True)
+
+
+def export(name: str, folder: str) -> None:
+    import fiftyone as fo
+
+    from sam_veteran.plugin.datasets.exporters import export_reasonseg
+
+    export_reasonseg(fo.load_dataset(name), folder, overwrite=True)
+
+
+OPERATIONS = {"evaluate": evaluate, "import": import_folder, "export": export}
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "run":
         run(args[0], args[1], args[2], float(args[3]), int(args[4]))
+    elif command == "pause":
+        pause(args[0], int(args[1]), *args[2:])
     else:
         delegated(*args)

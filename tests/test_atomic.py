@@ -242,3 +242,16 @@ def test_an_export_killed_while_writing_leaves_its_staging_folder_to_the_next(ex
     (live / exporters.OWNER).write_text(json.dumps({"host": "another-host", "pid": 1}))
     export_reasonseg(export_source, out, overwrite=True)
     assert exported(out) == 3 and not partial.exists() and live.is_dir()
+
+
+def test_an_unmarked_staging_dataset_is_left_while_fresh_and_deleted_once_old(tmp_path):
+    """Killed between creating its staging dataset and marking it, or marking it right now: age decides."""
+    from datetime import timedelta
+
+    from sam_veteran.plugin.datasets import common
+
+    staging = fo.Dataset(f"{STAGING_PREFIX}unmarked")
+    assert common.clean_interrupted_imports() == [staging.name]
+    staging._doc.created_at -= timedelta(minutes=5)
+    staging.save()
+    assert common.clean_interrupted_imports() == [] and not fo.dataset_exists(staging.name)

@@ -1,4 +1,5 @@
-"""Faults mid-run: runs killed with SIGKILL (agent, delegated operation, training) and two runs at once.
+"""Faults mid-run: runs killed with SIGKILL (agent, delegated operation, training, evaluation, import, export) and
+two runs at once.
 
 The runs under test are separate processes (tests/fault_worker.py, `sam-veteran train`) sharing this session's
 FiftyOne database; a test watches the database or the output folder and kills the process part-way.
@@ -8,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +21,10 @@ import pytest
 import torch
 from fiftyone.operators.delegated import DelegatedOperationService
 
-from agent_data import box_then_click, make_dataset, scripted_policy
+from agent_data import SIZES, box_then_click, make_dataset, scripted_policy
 from sam_veteran.plugin.agent import Agent, AgentConfig
 from sam_veteran.plugin.inference import run_agent
+from sam_veteran.plugin.lease import RunLeaseError
 from sam_veteran.plugin.model import SamVeteranModel
 from test_run_operator import URI
 from test_safe_loading import SECRET, database_text, files_text
@@ -113,6 +116,11 @@ def test_a_run_killed_halfway_is_completed_by_a_rerun_of_exactly_the_rest(shared
                                                                           tiny_segmenter, tmp_path):
     process = start(tmp_path, "run", str(WORKER), "run", shared_dataset.name, "veteran",
                     str(tiny_models["segmenter"]), "0.1", "1")
+    deadline = time.monotonic() + 240
+    while not finished(shared_dataset) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(RunLeaseError, match=f"another run is writing .*process {process.pid} on"):
+        run_agent(shared_dataset, scripted_model(tiny_segmenter)[1])  # the two would interleave their labels
     kill_when(process, lambda: finished(shared_dataset) >= 6, tmp_path / "run.log")
 
     done = shared_dataset.exists("veteran_mask")
@@ -242,3 +250,142 @@ def test_resume_latest_skips_a_checkpoint_cut_off_while_saving(tmp_path):
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")  # 3 has no trainer state: cut off
     assert latest_checkpoint(tmp_path / "nothing") is None
 
+
+
+def killed_at(tmp_path: Path, name: str, target: str, nth: int, when: str, *operation: str) -> None:
+    """Run `operation` in a worker that stops at the `nth` call of `target`, and SIGKILL it there."""
+    marker = tmp_path / f"{name}.here"
+    process = start(tmp_path, name, str(WORKER), "pause", target, str(nth), when, str(marker), *operation)
+    kill_when(process, marker.exists, tmp_path / f"{name}.log")
+
+
+SET_VALUES = "fiftyone.core.collections:SampleCollection.set_values"
+# Two kill points an operation (each one a process start, ~10 s): before its commit and mid-swap. The other
+# points are interrupted in-process by test_atomic.py.
+EVALUATION_KILLS = {"writing": (SET_VALUES, 1, "after"),
+                    "mid-swap": ("fiftyone.core.collections:SampleCollection.delete_evaluation", 1, "after")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", EVALUATION_KILLS)
+def test_a_killed_evaluation_leaves_the_earlier_one_and_a_rerun_completes(tmp_path, point):
+    from eval_data import make_agent_dataset
+    from sam_veteran import evaluate
+    from sam_veteran.plugin.evaluation import staging_key
+
+    dataset = make_agent_dataset(tmp_path)
+    dataset.name, dataset.persistent = f"faults-eval-{point.replace(' ', '-')}", True
+    evaluate(dataset.limit(3), "veteran", eval_key="eval")
+    killed_at(tmp_path, "eval", *EVALUATION_KILLS[point], "evaluate", dataset.name, "veteran", "eval")
+    dataset.reload()
+    if point == "mid-swap":  # committed, the earlier run deleted: the new one waits under the staging key
+        assert dataset.list_evaluations() == [staging_key("eval")]
+        assert dataset.load_evaluation_results(staging_key("eval")).metrics()["count"] == 4
+    else:
+        assert dataset.load_evaluation_results("eval").metrics()["count"] == 3
+        assert dataset.values("eval_iou")[:3] == pytest.approx([1.0, 0.9, 0.0])
+    evaluate(dataset, "veteran", eval_key="eval")
+    assert dataset.list_evaluations() == ["eval"]
+    assert dataset.load_evaluation_results("eval").metrics()["count"] == 4
+    assert dataset.values("eval_iou") == pytest.approx([1.0, 0.9, 0.0, 1.0])
+    assert not any(staging_key("eval") in field for field in dataset.get_field_schema())
+    dataset.delete()
+
+
+IMPORT_KILLS = {"adding": ("fiftyone.core.dataset:Dataset.add_samples", 2, "after"),
+                "mid-swap": ("fiftyone:delete_dataset", 1, "after")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", IMPORT_KILLS)
+def test_a_killed_import_leaves_no_partial_dataset_and_a_rerun_completes(tmp_path, point):
+    from sam_veteran import import_reasonseg
+    from sam_veteran.plugin.datasets import common
+    from test_atomic import reasonseg_folder, staging_datasets
+
+    name = f"faults-import-{point.replace(' ', '-')}"
+    import_reasonseg(reasonseg_folder(tmp_path / "small", 3), name=name, persistent=True)
+    big = reasonseg_folder(tmp_path / "big", 2 * common.CHUNK + 5)
+    killed_at(tmp_path, "import", *IMPORT_KILLS[point], "import", str(big), name)
+    assert len(staging_datasets()) == 1  # the killed import's, until the next import
+    if point == "mid-swap":  # committed, the earlier dataset deleted: the next import moves the new one in
+        assert not fo.dataset_exists(name)
+        assert common.clean_interrupted_imports() == [] and fo.load_dataset(name).count("id") == 2 * common.CHUNK + 5
+    else:
+        assert fo.load_dataset(name).count("id") == 3
+    dataset = import_reasonseg(big, name=name, overwrite=True, persistent=True)
+    assert dataset.count("id") == 2 * common.CHUNK + 5 and staging_datasets() == []
+    dataset.delete()
+
+
+EXPORT_KILLS = {"writing": ("shutil:copyfile", 2, "after"), "mid-swap": ("pathlib:Path.rename", 1, "after")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", EXPORT_KILLS)
+def test_a_killed_export_keeps_the_earlier_one_and_a_rerun_completes(tmp_path, point):
+    from sam_veteran.plugin.datasets.exporters import export_reasonseg
+    from test_atomic import exported
+
+    dataset = make_dataset(tmp_path, 6, name=f"faults-export-{point.replace(' ', '-')}")
+    dataset.persistent = True
+    dataset.set_values("ground_truth", [fo.Segmentation(mask=np.ones((height, width), np.uint8))
+                                        for width, height in (SIZES[i % len(SIZES)] for i in range(6))])
+    dataset.tag_samples("val")
+    out = tmp_path / "out"
+    export_reasonseg(dataset.limit(2), out)
+    killed_at(tmp_path, "export", *EXPORT_KILLS[point], "export", dataset.name, str(out))
+    if point == "mid-swap":  # the earlier export set aside, the new one not yet moved in
+        assert not out.exists() and exported(tmp_path / ".out.previous") == 2
+    else:
+        assert exported(out) == 2
+    export_reasonseg(dataset, out, overwrite=True)
+    assert exported(out) == 6
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    dataset.delete()
+
+
+def start_mongod(directory: Path, port: int) -> subprocess.Popen:
+    """FiftyOne's mongod on `directory` with periodic checkpoints off: only the journal survives a SIGKILL, so
+    collection counts (kept with the checkpoints) come back stale while every document is there."""
+    import importlib.util
+
+    mongod = Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0]) / "db" / "bin" / "mongod"
+    directory.mkdir(exist_ok=True)
+    process = subprocess.Popen([str(mongod), "--dbpath", str(directory), "--port", str(port), "--bind_ip",
+                                "127.0.0.1", "--nounixsocket", "--syncdelay", "0", "--logpath",
+                                str(directory / "mongod.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, (directory / "mongod.log").read_text()
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_after_an_unclean_database_restart_the_summary_counts_the_samples(tmp_path, tiny_models):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{port}"}
+    database = start_mongod(tmp_path / "db", port)
+    try:
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+                        "from agent_data import make_dataset; "
+                        "make_dataset(Path(sys.argv[2]), 13, name='unclean').persistent = True",
+                        str(WORKER.parent), str(tmp_path)], env=env, check=True, capture_output=True)
+        time.sleep(1)  # the journal is flushed every 100 ms
+        database.send_signal(signal.SIGKILL)
+        database.wait(timeout=30)
+        database = start_mongod(tmp_path / "db", port)
+        done = subprocess.run([sys.executable, str(WORKER), "run", "unclean", "veteran", str(tiny_models["segmenter"]),
+                               "0", "4"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert (summary["total"], summary["skipped"], summary["to_run"], summary["done"]) == (13, 0, 13, 13)
+    finally:
+        database.terminate()
+        database.wait(timeout=30)

@@ -156,7 +156,9 @@ def clean_interrupted_imports() -> list[str]:
             continue
         mark = dataset.info.get(STAGING_INFO)
         if mark is None:  # killed before it was marked, or an import that is marking it right now
-            fresh = (datetime.now(timezone.utc).replace(tzinfo=None) - dataset.created_at).total_seconds() < 60
+            created = dataset.created_at  # naive UTC, or aware when FiftyOne's `timezone` is configured
+            created = created.astimezone(timezone.utc) if created.tzinfo else created.replace(tzinfo=timezone.utc)
+            fresh = (datetime.now(timezone.utc) - created).total_seconds() < 60
             mark = {"host": socket.gethostname(), "pid": os.getpid() if fresh else -1}
         if not process_gone(mark["host"], mark["pid"]):
             running.append(staging)
