@@ -113,3 +113,20 @@ def test_evaluate_operator_and_import_operator_run(installed_plugin, tmp_path):
     assert result.result["samples"] == 1 and result.result["skipped"] == 1
     assert "bad.json" in result.result["skipped_files"][0]
     fo.load_dataset("op-import").delete()
+
+
+def test_the_panel_leaves_out_a_staging_evaluation(tmp_path):
+    import uuid
+
+    from sam_veteran.plugin.evaluation import STAGING_SUFFIX
+    from sam_veteran.plugin.panels.evaluation import reasonseg_evaluations
+
+    dataset = fo.Dataset(f"panel-staging-{uuid.uuid4().hex}")
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1:3, 1:3] = 1
+    dataset.add_sample(fo.Sample(filepath=str(tmp_path / "x.png"), ground_truth=fo.Segmentation(mask=mask),
+                                 pred=fo.Segmentation(mask=mask)))
+    evaluate(dataset, "pred", eval_key="done")
+    evaluate(dataset, "pred", eval_key=f"run{STAGING_SUFFIX}")
+    assert reasonseg_evaluations(dataset) == ["done"]
+    dataset.delete()

@@ -16,7 +16,7 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
 from ..curation.bands import IOU_BAND_EDGES, band_bounds, band_filter
-from ..evaluation import RUN_TYPE
+from ..evaluation import RUN_TYPE, STAGING_SUFFIX
 from ..metrics import get_convention
 
 NONE = "(none)"
@@ -25,8 +25,8 @@ PLOT_HEIGHT = 260
 
 
 def reasonseg_evaluations(dataset) -> list[str]:
-    """Keys of this plugin's evaluations on the dataset."""
-    return dataset.list_evaluations(type=RUN_TYPE)
+    """Keys of this plugin's evaluations on the dataset, without the staging key of one in progress (or killed)."""
+    return [key for key in dataset.list_evaluations(type=RUN_TYPE) if not key.endswith(STAGING_SUFFIX)]
 
 
 class EvaluationPanel(foo.Panel):
