@@ -17,6 +17,7 @@ def test_trainer_dry_run_reports_the_step_split(tmp_path):
                             str(tmp_path), "--out", str(tmp_path / "out.json")])
     assert result["runner"] == "sam_veteran.trainer.train" and result["global_step"] == 1
     (step,) = result["steps"]
-    assert step["step_time"] > 0 and step["generation"] > 0 and step["rewards"] > 0
+    assert step["step_time"] > 0 and step["generation"] > 0 and step["rewards"] >= 0  # rewards: ms on tiny models
+    assert step["generation"] + step["rewards"] <= step["step_time"] + 0.01
     assert step["logps_loss_backward_optimiser"] > 0
     assert (tmp_path / "lora" / "run" / "final" / "config.json").exists()

@@ -94,7 +94,8 @@ def load_view(config: TrainConfig):
         with state.local_main_process_first():  # built once per node, by its first process; the others load it
             if state.is_local_main_process:
                 folder = Path(config.output_dir) / ("tiny-scenes" + (f"-node{node}" if node else ""))
-                return build_demo_dataset(folder, num_samples=config.tiny_samples, name=name, seed=config.seed)
+                return build_demo_dataset(folder, num_samples=config.tiny_samples, name=name, seed=config.seed,
+                                          persistent=False)
             return fo.load_dataset(name)
     if not data.dataset:
         raise ValueError("no training data: set data.dataset to a FiftyOne dataset name (or use --tiny)")

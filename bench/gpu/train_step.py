@@ -276,7 +276,7 @@ def run_trainer(mode: str, args, device, dtype) -> dict:
     started = time.perf_counter()
     policy = write_policy(work / "policy", args, device, dtype)
     if args.dry_run:  # the project's tiny SAM: a random vit_b encodes a 1024-pixel image slowly on a CPU
-        from sam_veteran.cli import tiny_model_paths
+        from sam_veteran.plugin.agent.tiny import tiny_model_paths
 
         segmenter = tiny_model_paths()[1]
     else:
