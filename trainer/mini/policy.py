@@ -453,6 +453,15 @@ def evaluate_boxes(model, processor, count: int, split: str = "val") -> dict[str
             **{f"box_iou_{k}": float(np.mean(v)) for k, v in by_kind.items() if v}}
 
 
+def compact_checkpoint(state_path: Path, target: Path) -> None:
+    """A resumable checkpoint small enough for the repository: model and probes in bfloat16, step and time, no
+    optimiser (a resume from it starts a fresh optimiser on the same weights)."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    half = {key: {k: v.to(torch.bfloat16) for k, v in state[key].items()} for key in ("model", "probes")}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**half, "step": state["step"], "elapsed": state["elapsed"]}, target)
+
+
 def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
     """Warm up (or resume) the mini policy; returns the last evaluation. Progress goes to metrics.jsonl."""
     torch.set_num_threads(config.threads)
@@ -472,7 +481,7 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         missing = probes.load_state_dict(state["probes"], strict=False).missing_keys
-        if not missing:  # a checkpoint of an earlier recipe (fewer probes) keeps its weights, not its optimiser
+        if not missing and "optimizer" in state:  # an earlier recipe's or a compact checkpoint keeps its weights only
             optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
     (output / "config.json").write_text(json.dumps(asdict(config), indent=1))
