@@ -29,7 +29,7 @@ from sam_veteran.plugin.agent import Agent, AgentConfig, AgentInput
 from sam_veteran.plugin.agent.oracle import OraclePolicy
 from sam_veteran.plugin.agent.policy import load_policy
 from sam_veteran.plugin.agent.segmenters import load_segmenter
-from sam_veteran.plugin.metrics import NOC_CAP, mean_clicks_to_reach, score_item, summarize
+from sam_veteran.plugin.metrics import NOC_CAP, NOC_THRESHOLDS, mean_clicks_to_reach, score_item, summarize
 from sam_veteran.plugin.scenes import QUERY_KINDS, make_scenes
 
 RESULTS = Path(__file__).parent / "results" / "mini_tables.jsonl"
@@ -67,7 +67,7 @@ def click_curve(traces, scenes) -> dict:
         for k in after:
             after[k].append(ious[min(k, len(ious) - 1)] if ious else 0.0)
     return {"iou_after_clicks": {k: round(float(np.mean(v)), 4) for k, v in after.items()},
-            "NoC@85": round(mean_clicks_to_reach(items, 0.85), 2), "NoC@90": round(mean_clicks_to_reach(items, 0.90), 2)}
+            **{f"NoC@{round(t * 100)}": round(mean_clicks_to_reach(items, t), 2) for t in NOC_THRESHOLDS}}
 
 
 def run_row(args) -> dict:

@@ -529,7 +529,8 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         step += 1
-        record = {"step": step, "loss": round(float(outputs.loss.detach()), 4), "probe": round(float(probe.detach()), 4),
+        record = {"step": step, "loss": round(float(outputs.loss.detach()), 4),
+                  "probe": round(float(probe.detach()), 4),
                   "coordinates": round(float(coordinates.detach()), 4), "pointer": round(float(pointer.detach()), 4),
                   "seconds": round(time.time() - tick, 3)}
         if step % config.eval_every == 0 or step == config.steps:
