@@ -21,3 +21,18 @@ def test_parsing_and_the_rewards_import_without_torch_or_fiftyone():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_every_package_and_the_shipped_models_are_in_the_wheel_list():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {"sam_veteran" + ("." + ".".join(p.parent.relative_to(root).parts) if p.parent != root else "")
+             for p in root.glob("**/__init__.py")
+             if not {".venv", "tests", "bench", ".shim", "build"} & set(p.relative_to(root).parts)}
+    assert found <= listed, sorted(found - listed)
+    data = config["package-data"]["sam_veteran"]
+    assert "plugin/models/mini/*" in data
