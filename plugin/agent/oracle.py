@@ -14,12 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
+from ..metrics import IGNORE
 from .clicks import next_click
 from .policy import PolicyRequest
 from .prompts import PIXELS, ModelFamily
 
 ORACLE_FAMILY = ModelFamily("oracle", coordinates=PIXELS, input_size=(256, 256))
-IGNORE = 255
+GOOD_ENOUGH_IOU = 0.9  # the simulated user stops at or above this IoU (and so do the mini policy's expert traces)
 
 
 def ground_truth_parts(ground_truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +37,7 @@ class OraclePolicy:
 
     needs_ground_truth = True
 
-    def __init__(self, family: ModelFamily = ORACLE_FAMILY, stop_iou: float | None = 0.9) -> None:
+    def __init__(self, family: ModelFamily = ORACLE_FAMILY, stop_iou: float | None = GOOD_ENOUGH_IOU) -> None:
         self.family = family
         self.stop_iou = stop_iou
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...plugin.agent.clicks import next_click
+from ...plugin.agent.oracle import GOOD_ENOUGH_IOU
 from ...plugin.agent.overlay import policy_view
 from ...plugin.agent.policy import PolicyRequest, messages
 from ...plugin.agent.prompts import FAMILIES, ModelFamily
@@ -52,7 +53,6 @@ FAMILY: ModelFamily = FAMILIES["mini"]
 FAMILY_FILE = "sam_veteran.json"  # records the prompt family in a policy folder
 PROBE_LAYER = 2
 POINTER_LAYER = 2  # reads the hidden states the probes shape (hidden_states[PROBE_LAYER])
-GOOD_ENOUGH_IOU = 0.9  # the expert stops at or above this IoU
 
 
 @dataclass
