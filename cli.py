@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .plugin.agent.prompts import family_names
 from .plugin.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_EVAL_KEY, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD,
-                              DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER,
+                              DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, DEMO_MODELS,
                               REFER_DATASETS, SEGMENTER_HELP, TINY_FAMILIES, TINY_MAX_NEW_TOKENS, cache_dir)
 
 PROG = "sam-veteran"
@@ -145,6 +145,9 @@ def add_demo(subparsers) -> None:
     parser.add_argument("--samples", type=int, default=8, help="how many scenes to generate (default 8)")
     parser.add_argument("--batch-size", type=int, default=4, help="samples the agent runs at once (default 4)")
     parser.add_argument("--dir", type=Path, help="where to write the demo images (default: the cache)")
+    parser.add_argument("--real", action="store_true",
+                        help=f"run the real models ({DEFAULT_POLICY} and SAM {DEFAULT_SEGMENTER}, downloaded once) "
+                             "instead of the shipped mini ones")
     app = parser.add_mutually_exclusive_group()
     app.add_argument("--app", action="store_true", help="open the FiftyOne App when done, without asking")
     app.add_argument("--no-app", action="store_true", help="never open the App")
@@ -155,9 +158,17 @@ def demo(args) -> int:
     from .plugin.demo import run_demo
 
     say = stderr_say if args.json else print
+    if args.tiny and args.real:
+        raise CommandError("--tiny and --real exclude each other", "--tiny: random machinery models; --real: the "
+                                                                   "downloaded ones; neither: the shipped mini ones")
     if args.tiny:
         say("Using the tiny random-weight policy (its answers are noise: the agent's numbers test the machinery) "
             "with the shipped mini segmenter, which the simulated user beside it drives for real.")
+    elif not args.real:
+        args.policy, args.segmenter = args.policy or DEMO_MODELS[0], args.segmenter or DEMO_MODELS[1]
+        if (args.policy, args.segmenter) == DEMO_MODELS:
+            say("Using the shipped mini policy and mini segmenter, trained here on generated scenes (they know only "
+                "such scenes); --real runs the released models.")
     policy, segmenter, policy_kwargs = models(args, say)
     if args.tiny and not args.segmenter:
         segmenter = "mini"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 DEFAULT_POLICY = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_SEGMENTER = "vit_h"
+ORACLE_POLICY = "oracle"  # the policy name of the simulated user (plugin/agent/oracle.py): nothing to download
+DEMO_MODELS = ("mini", "mini")  # the demo's (policy, segmenter): shipped, offline; `--real` takes the defaults above
 DEFAULT_LABEL_FIELD = "veteran"  # writes veteran_mask, veteran_steps, veteran_clicks
 DEFAULT_PROMPT_FIELD = "query"
 DEFAULT_GT_FIELD = "ground_truth"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,9 @@ SCENES_PER_SEED = 100_000  # scene indices of one demo seed: seed 0 draws test s
 
 
 def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str | None = DEMO_DATASET, seed: int = 0,
-                       persistent: bool = True):
-    """Write the scenes as PNG files under `directory` and load them into a FiftyOne dataset (replacing `name`;
-    ``None``: a new generated name).
+                       persistent: bool = True, split: str = "test"):
+    """Write scenes of `split` (the demo's: ``test``; training draws ``train``) as PNG files under `directory` and
+    load them into a FiftyOne dataset (replacing `name`; ``None``: a new generated name).
 
     Persistent by default, so the demo's dataset is still there to open in the App (`fo.load_dataset(name)`)
     afterwards; a run that only needs it while it lasts (a tiny training run) passes ``persistent=False``, and
@@ -44,11 +43,11 @@ def build_demo_dataset(directory: str | Path, num_samples: int = 8, name: str | 
         fo.delete_dataset(name)
     dataset = fo.Dataset(name, persistent=persistent)
     samples = []
-    for i, scene in enumerate(make_scenes("test", num_samples, start=seed * SCENES_PER_SEED)):
+    for i, scene in enumerate(make_scenes(split, num_samples, start=seed * SCENES_PER_SEED)):
         path = directory / f"scene_{i:03d}.png"
         Image.fromarray(scene.image).save(path)
         samples.append(fo.Sample(filepath=str(path), query=scene.query, ground_truth=fo.Segmentation(mask=scene.mask),
-                                 query_kind=scene.kind, held_out=scene.held_out, tags=["demo"]))
+                                 query_kind=scene.kind, held_out=scene.held_out, tags=[split]))
     dataset.add_samples(samples)
     dataset.compute_metadata()
     return dataset

@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .defaults import cache_dir
+from .defaults import ORACLE_POLICY, cache_dir
 
 APPROXIMATE_SIZES = {"Qwen/Qwen2.5-VL-7B-Instruct": "about 16 GB", "vit_h": "2.4 GB", "vit_l": "1.2 GB",
                      "vit_b": "0.4 GB", "facebook/sam2.1-hiera-large": "about 0.9 GB"}
@@ -39,8 +39,11 @@ class Download:
 def needed(policy: str, segmenter: str) -> list[Download]:
     """The downloads a run of `policy` + `segmenter` needs: those neither local nor in their cache."""
     from .agent.segmenters import CHECKPOINT_URLS, segmenter_kind
+    from .agent.shipped import SHIPPED
 
-    out = [d for d in (_hub_download(policy),) if d]
+    out = [] if policy in SHIPPED or policy == ORACLE_POLICY else [d for d in (_hub_download(policy),) if d]
+    if segmenter in SHIPPED:
+        return out
     if segmenter_kind(segmenter) == "sam2":
         out += [d for d in (_hub_download(segmenter),) if d]
     elif segmenter in CHECKPOINT_URLS and not Path(segmenter).exists():

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 from transformers import TrainerCallback
 
+from ..plugin.agent.prompts import record_family
 from .config import GRPO_FIELDS, TrainConfig, config_to_dict
 from .tasks import build_tasks, read_view, task_dataset
 
@@ -95,7 +96,7 @@ def load_view(config: TrainConfig):
             if state.is_local_main_process:
                 folder = Path(config.output_dir) / ("tiny-scenes" + (f"-node{node}" if node else ""))
                 return build_demo_dataset(folder, num_samples=config.tiny_samples, name=name, seed=config.seed,
-                                          persistent=False)
+                                          persistent=False, split="train")
             return fo.load_dataset(name)
     if not data.dataset:
         raise ValueError("no training data: set data.dataset to a FiftyOne dataset name (or use --tiny)")
@@ -151,9 +152,8 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     """
     from accelerate import PartialState
     from peft import LoraConfig as PeftLoraConfig
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
 
-    from ..plugin.agent.prompts import family_for
     from ..plugin.agent.segmenters import load_segmenter
     from .grpo import SamVeteranGRPOTrainer
     from .refresh import PolicyMaskRefresh
@@ -162,7 +162,7 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     device = PartialState(cpu=config.use_cpu).device  # first, so every later PartialState() is this one
     policy, segmenter_path = resolve_models(config)
     args = grpo_args(config, policy)
-    family = family_for(AutoConfig.from_pretrained(policy).model_type)
+    family = policy_family(policy)
     if config.input_size:
         family = family.with_input_size(config.input_size)
     segmenter = load_segmenter(segmenter_path, device=str(device))
@@ -197,6 +197,15 @@ def build_trainer(config: TrainConfig, view=None, callbacks: list | None = None,
     return trainer, records
 
 
+def policy_family(policy: str):
+    """The prompt family of a policy to train: the one recorded in its folder, else its model type's."""
+    from transformers import AutoConfig
+
+    from ..plugin.agent.prompts import resolve_family
+
+    return resolve_family(None, policy, AutoConfig.from_pretrained(policy).model_type)
+
+
 def freeze_vision_tower(model) -> int:
     """Stop gradients into the vision encoder (parameters under a `visual` module, except its `merger`, the
     projection into the language model); returns how many tensors were frozen."""
@@ -219,8 +228,9 @@ def latest_checkpoint(output_dir: str | Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def save_final(trainer, directory: Path) -> None:
-    """The policy as a full model + processor; a LoRA adapter is merged into a copy of the base weights."""
+def save_final(trainer, directory: Path, family: str) -> None:
+    """The policy as a full model + processor, with the prompt family it was trained with; a LoRA adapter is merged
+    into a copy of the base weights."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled:
         state = trainer.accelerator.get_state_dict(trainer.deepspeed)
@@ -235,6 +245,7 @@ def save_final(trainer, directory: Path) -> None:
         state = None
     model.save_pretrained(directory, state_dict=state)
     trainer.processing_class.save_pretrained(directory)
+    record_family(directory, family)
 
 
 def train(config: TrainConfig, view=None, extra_rewards: list | None = None,
@@ -272,7 +283,7 @@ def _train(config: TrainConfig, view, output_dir: Path, extra_rewards, callbacks
         raise FileNotFoundError(f"checkpoint to resume from not found: {resume}")
     trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "final"
-    save_final(trainer, final)
+    save_final(trainer, final, policy_family(resolve_models(config)[0]).name)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir=output_dir, final_model=final, metrics_log=output_dir / "metrics.jsonl",
                        global_step=trainer.state.global_step, num_records=len(records))

@@ -7,20 +7,17 @@ sees; the trainer uses the same function, so what is trained is exactly what run
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..defaults import DEFAULT_POLICY, MAX_NEW_TOKENS
+from ..defaults import DEFAULT_POLICY, MAX_NEW_TOKENS, ORACLE_POLICY
 from .prompts import ModelFamily, resolve_family
 
-FAMILY_FILE = "sam_veteran.json"  # in a policy folder: {"family": name}, the prompt family it was trained with
 
 
 @dataclass
@@ -89,9 +86,6 @@ class TransformersPolicy:
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype,
                                                             trust_remote_code=trust_remote_code).to(device)
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        recorded = Path(name_or_path) / FAMILY_FILE
-        if family is None and recorded.is_file():
-            family = json.loads(recorded.read_text())["family"]
         return cls(model, processor, family=resolve_family(family, name_or_path, model.config.model_type), **kwargs)
 
     @property
@@ -139,7 +133,7 @@ def load_policy(spec: str | os.PathLike = DEFAULT_POLICY, device: str | None = N
     policy), or a hub id or folder loaded by `TransformersPolicy.from_pretrained`."""
     from .shipped import shipped_path
 
-    if str(spec) == "oracle":
+    if str(spec) == ORACLE_POLICY:
         from .oracle import OraclePolicy
 
         return OraclePolicy(**{k: v for k, v in kwargs.items() if k == "stop_iou"})

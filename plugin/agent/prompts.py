@@ -24,7 +24,9 @@ else the checkpoint's ``model_type``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 GROUNDING_TEMPLATE = (
     "Find the object described by the query: \"{query}\".\n"
@@ -207,11 +209,23 @@ def family_names() -> list[str]:
     return [*FAMILIES, *PEER_FAMILIES]
 
 
+FAMILY_FILE = "sam_veteran.json"  # in a policy folder: {"family": name}, the prompt family it was trained with
+
+
+def record_family(directory: str | Path, family: str) -> None:
+    """Write the family a policy folder was trained with, so every loader (agent, trainer) prompts it the same."""
+    (Path(directory) / FAMILY_FILE).write_text(json.dumps({"family": family}) + "\n")
+
+
 def resolve_family(family: str | ModelFamily | None, name_or_path=None, model_type: str | None = None) -> ModelFamily:
-    """The family a policy runs with: `family` when given (a name or a `ModelFamily`), else the known family of the
-    hub id `name_or_path` (`KNOWN_POLICIES`), else that of the checkpoint's `model_type`."""
+    """The family a policy runs with: `family` when given (a name or a `ModelFamily`), else the one recorded in the
+    policy folder `name_or_path` (`FAMILY_FILE`), else the known family of the hub id (`KNOWN_POLICIES`), else that
+    of the checkpoint's `model_type`."""
     if isinstance(family, ModelFamily):
         return family
+    recorded = Path(str(name_or_path)) / FAMILY_FILE if name_or_path is not None else None
+    if not family and recorded is not None and recorded.is_file():
+        family = json.loads(recorded.read_text())["family"]
     if family:
         return get_family(family)
     known = KNOWN_POLICIES.get(str(name_or_path)) if name_or_path is not None else None

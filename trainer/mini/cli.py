@@ -3,10 +3,12 @@
     sam-veteran mini train                       # every stage, in order, into runs/mini/, then ship
     sam-veteran mini train --stage segmenter     # one stage (resumes where a killed run stopped)
     sam-veteran mini train --stage policy --steps 9000
+    sam-veteran mini train --stage grpo --variant no_auxiliary   # an ablation, into runs/mini/grpo-no_auxiliary
 
 Each stage works in its own folder under `--work` (checkpoints, `metrics.jsonl`, `config.json`); `--ship` (the
-default when every stage runs) copies the results into the package with their provenance (`ship.py`). The
-policy stage's refinement items need the segmenter stage's result.
+default when every stage runs) copies the segmenter and the final policy (GRPO's, or the warm-up's when the policy
+stage is shipped alone) into the package with their provenance (`ship.py`). The policy stage's refinement items
+need the segmenter stage's result; the GRPO stage starts from the policy stage's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = ("segmenter", "policy")
+STAGES = ("segmenter", "policy", "grpo")
+SHIPPED_AS = {"segmenter": "segmenter", "policy": "policy", "grpo": "policy"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--refine-share", type=float, default=0.35,
                         help="policy stage: share of refinement items (default 0.35)")
+    parser.add_argument("--variant", default="full",
+                        help="grpo stage: full (default), no_auxiliary, no_dynamic_sampling (the paper's ablations) "
+                        "or lr0 (a control)")
     parser.add_argument("--ship", action=argparse.BooleanOptionalAction, default=None,
                         help="copy the results into the package (default: on with --stage all)")
 
@@ -37,7 +43,7 @@ def run(args) -> int:
     command = "sam-veteran mini train " + " ".join(sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv
                                                    else sys.argv[1:])
     for stage in stages:
-        output = args.work / stage
+        output = args.work / (stage if stage != "grpo" or args.variant == "full" else f"grpo-{args.variant}")
         if stage == "segmenter":
             from .segmenter import SegmenterTrainConfig, train_segmenter
 
@@ -45,6 +51,19 @@ def run(args) -> int:
             config.steps = args.steps or config.steps
             metrics = train_segmenter(config)
             result = output / "segmenter.safetensors"
+        elif stage == "grpo":
+            from .grpo import WARMUP_CHECKPOINT, GrpoStageConfig, train_grpo
+
+            segmenter = args.work / "segmenter" / "segmenter.safetensors"
+            warmup = args.work / "policy" / "policy"
+            if not warmup.is_dir():
+                print(f"no warm-up stage in {args.work}: starting from the repository's ({WARMUP_CHECKPOINT})")
+                warmup = WARMUP_CHECKPOINT
+            config = GrpoStageConfig(output=str(output), warmup=str(warmup),
+                                     variant=args.variant, steps=args.steps,
+                                     segmenter=str(segmenter) if segmenter.exists() else "mini")
+            metrics = train_grpo(config)
+            result = output / "policy"
         else:
             from .policy import PolicyTrainConfig, train_policy
 
@@ -55,12 +74,12 @@ def run(args) -> int:
             metrics = train_policy(config)
             result = output / "policy"
         print(json.dumps({"stage": stage, **metrics}))
-        if ship:
+        if ship and not (stage == "policy" and "grpo" in stages):
             from dataclasses import asdict
 
             from .ship import ship as ship_model
 
-            print(f"shipped: {ship_model(stage, result, command, metrics, asdict(config))}")
+            print(f"shipped: {ship_model(SHIPPED_AS[stage], result, command, metrics, asdict(config))}")
     return 0
 
 

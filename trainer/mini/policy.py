@@ -24,7 +24,7 @@ The expert answers are what the agent itself must emit (the family's prompts, `p
 chat template: what is trained is what runs): the grounding step answers the ground truth's box with a little
 noise; refinement steps answer the simulated user's click (`clicks.next_click`) or stop when the mask is good
 enough. Checkpoints (`state.pt`: model, probes, optimiser, step) make the run resumable; `policy/` is a
-`from_pretrained` folder with its family recorded in `sam_veteran.json`.
+`from_pretrained` folder with its family recorded (`prompts.record_family`).
 """
 
 from __future__ import annotations
@@ -44,14 +44,14 @@ from ...plugin.agent.clicks import next_click
 from ...plugin.agent.oracle import GOOD_ENOUGH_IOU
 from ...plugin.agent.overlay import policy_view
 from ...plugin.agent.policy import PolicyRequest, messages
-from ...plugin.agent.prompts import FAMILIES, ModelFamily
+from ...plugin.agent.prompts import FAMILIES, ModelFamily, record_family
 from ...plugin.agent.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
-from ...plugin.scenes import COLORS, CORNERS, QUERY_KINDS, SHAPES, Scene, make_scene
+from ...plugin.scenes import COLORS, QUERY_KINDS, SHAPES, Scene, make_scene
 from ..rewards import box_iou, mask_box, mask_iou
 
 FAMILY: ModelFamily = FAMILIES["mini"]
-FAMILY_FILE = "sam_veteran.json"  # records the prompt family in a policy folder
 PROBE_LAYER = 2
+MIN_CLICK_GAIN = 0.01  # the expert stops when the simulated user's next click would add less IoU than this
 POINTER_LAYER = 2  # reads the hidden states the probes shape (hidden_states[PROBE_LAYER])
 
 
@@ -67,6 +67,7 @@ class PolicyTrainConfig:
     refine_share: float = 0.0  # share of refinement items (needs the mini segmenter)
     segmenter: str | None = None
     probe_weight: float = 0.3
+    binding_weight: float = 1.0  # the probes that bind the query to the image tokens (target, mentioned words)
     coordinate_weight: float = 1.0
     pointer_weight: float = 0.5
     coordinate_sigma: float = 2.0
@@ -183,7 +184,7 @@ def save_policy(model, processor, directory: Path, family: str = "mini") -> None
     directory.mkdir(parents=True, exist_ok=True)
     copy.deepcopy(model).to(torch.bfloat16).save_pretrained(directory)
     processor.save_pretrained(directory)
-    (directory / FAMILY_FILE).write_text(json.dumps({"family": family}) + "\n")
+    record_family(directory, family)
 
 
 # --- expert answers --------------------------------------------------------------------------------------------
@@ -218,14 +219,18 @@ def grounding_answer(scene: Scene, rng, noise: float, family: ModelFamily = FAMI
     return expert_text("grounding", scene.query, box)
 
 
-def refinement_answer(scene: Scene, shown: np.ndarray, family: ModelFamily = FAMILY) -> str:
-    """The simulated user's answer for the mask `shown`: its next click, or stop when the mask is good enough."""
+def refinement_answer(scene: Scene, shown: np.ndarray, family: ModelFamily = FAMILY,
+                      click_gain=None) -> str:
+    """The simulated user's answer for the mask `shown`: its next click, or stop when the mask is good enough:
+    IoU at least `GOOD_ENOUGH_IOU`, or (given `click_gain`, the IoU a click would add) the click would not add
+    `MIN_CLICK_GAIN`: a small segmenter's masks rarely reach 0.9, and an expert that never stops teaches the
+    paper's failure mode."""
     size = (scene.image.shape[1], scene.image.shape[0])
     gt = scene.mask > 0
     if mask_iou(shown, gt) >= GOOD_ENOUGH_IOU:
         return expert_text("refine", scene.query)
     click = next_click(shown, gt)
-    if click is None:
+    if click is None or (click_gain is not None and click_gain(click) < MIN_CLICK_GAIN):
         return expert_text("refine", scene.query)
     xy = family.to_policy(click[0], size)
     return expert_text("refine", scene.query, positive=xy if click[1] else None, negative=None if click[1] else xy)
@@ -247,6 +252,7 @@ class Probes(torch.nn.Module):
         self.box = torch.nn.Linear(hidden, 4)
         self.color = torch.nn.Linear(hidden, len(COLORS) + 1)
         self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
+        self.mentioned = torch.nn.Linear(hidden, 2)  # does the token's colour / shape occur in the query?
 
 
 def token_labels(scene: Scene, family: ModelFamily, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,6 +277,15 @@ def token_labels(scene: Scene, family: ModelFamily, grid: int) -> tuple[np.ndarr
                 colour[r, c] = list(COLORS).index(scene.shapes[k].color) + 1
                 shape[r, c] = SHAPES.index(scene.shapes[k].kind) + 1
     return colour.ravel(), shape.ravel(), target.ravel()
+
+
+def mention_labels(scene: Scene, colour: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """Per image token, whether its colour and its shape are words of the query: the two halves of binding a
+    query to the image, each learnable by one attention lookup (the conjunction "is the target" is not)."""
+    words = scene.query.split()
+    colours = [k + 1 for k, c in enumerate(COLORS) if c in words]
+    shapes = [k + 1 for k, s in enumerate(SHAPES) if s in words]
+    return np.stack([np.isin(colour, colours), np.isin(shape, shapes)], axis=1).astype(np.float32)
 
 
 def encode_batch(processor, items: list[tuple[PolicyRequest, str]], family: ModelFamily = FAMILY):
@@ -317,12 +332,14 @@ class ItemSource:
             view = policy_view(scene.image, FAMILY.input_size)
             return PolicyRequest(view, FAMILY.grounding_prompt(scene.query)), \
                 grounding_answer(scene, rng, self.config.box_noise), scene
-        shown = self.shown_mask(scene, rng)
+        shown, gain = self.shown_mask(scene, rng)
         view = policy_view(scene.image, FAMILY.input_size, shown)
-        return PolicyRequest(view, FAMILY.refine_prompt(scene.query)), refinement_answer(scene, shown), scene
+        return PolicyRequest(view, FAMILY.refine_prompt(scene.query)), \
+            refinement_answer(scene, shown, click_gain=gain), scene
 
-    def shown_mask(self, scene: Scene, rng) -> np.ndarray:
-        """A mask the agent may meet: the segmenter's from a noisy box, after 0-2 simulated clicks."""
+    def shown_mask(self, scene: Scene, rng):
+        """A mask the agent may meet (the segmenter's from a noisy box, after 0-2 simulated clicks), and the IoU a
+        further click would add to it."""
         gt = scene.mask > 0
         box = np.asarray(mask_box(gt))
         side = np.array([box[2] - box[0], box[3] - box[1]] * 2)
@@ -338,7 +355,14 @@ class ItemSource:
             points.append(click[0])
             labels.append(int(click[1]))
             result = self.segmenter.segment(embedding, box, points, labels, result.logits)
-        return result.mask
+        before = mask_iou(result.mask, gt)
+
+        def gain(click) -> float:
+            after = self.segmenter.segment(embedding, box, [*points, click[0]], [*labels, int(click[1])],
+                                           result.logits)
+            return mask_iou(after.mask, gt) - before
+
+        return result.mask, gain
 
 
 def _box_probe_loss(probes: Probes, outputs, inputs, coordinate_loss: "CoordinateLoss", scenes) -> torch.Tensor:
@@ -362,7 +386,7 @@ def _probe_losses(model, probes: Probes, outputs, inputs, scenes: list[Scene], g
     vision = outputs.hidden_states[0]
     positions = torch.arange(grid * grid)
     rows, cols = positions // grid, positions % grid
-    losses = []
+    losses, binding = [], []
     for b, scene in enumerate(scenes):
         where = (inputs["input_ids"][b] == image_token).nonzero()[:, 0]
         if len(where) != grid * grid:
@@ -370,10 +394,16 @@ def _probe_losses(model, probes: Probes, outputs, inputs, scenes: list[Scene], g
         colour, shape, target = token_labels(scene, FAMILY, grid)
         h, v = hidden[b, where], vision[b, where]
         losses += [F.cross_entropy(probes.row(h), rows), F.cross_entropy(probes.col(h), cols),
-                   F.cross_entropy(probes.target(h), torch.from_numpy(target)),
                    F.cross_entropy(probes.color(v), torch.from_numpy(colour)),
                    F.cross_entropy(probes.shape(v), torch.from_numpy(shape))]
-    return torch.stack(losses).mean() if losses else torch.zeros(())
+        shown = torch.from_numpy(colour > 0)  # background tokens are told apart by the colour probe already
+        if shown.any():
+            mentioned = torch.from_numpy(mention_labels(scene, colour, shape))
+            binding += [F.cross_entropy(probes.target(h[shown]), torch.from_numpy(target)[shown]),
+                        F.binary_cross_entropy_with_logits(probes.mentioned(h[shown]), mentioned[shown])]
+    if not losses:
+        return torch.zeros(()), torch.zeros(())
+    return torch.stack(losses).mean(), torch.stack(binding).mean() if binding else torch.zeros(())
 
 
 class CoordinateLoss:
@@ -462,6 +492,16 @@ def compact_checkpoint(state_path: Path, target: Path) -> None:
     torch.save({**half, "step": state["step"], "elapsed": state["elapsed"]}, target)
 
 
+def export_policy(state_path: Path, directory: Path) -> Path:
+    """A `from_pretrained` policy folder from a stage checkpoint (full or compact): what the GRPO stage starts from
+    when only the repository's compact warm-up checkpoint is at hand."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    model, processor = build_policy()
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    save_policy(model, processor, Path(directory))
+    return Path(directory)
+
+
 def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
     """Warm up (or resume) the mini policy; returns the last evaluation. Progress goes to metrics.jsonl."""
     torch.set_num_threads(config.threads)
@@ -487,9 +527,9 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
     (output / "config.json").write_text(json.dumps(asdict(config), indent=1))
     segmenter = None
     if config.segmenter and config.refine_share > 0:
-        from ...plugin.agent.segmenters import SamSegmenter
+        from ...plugin.agent.segmenters import load_segmenter
 
-        segmenter = SamSegmenter.from_checkpoint(config.segmenter, device="cpu")
+        segmenter = load_segmenter(config.segmenter, device="cpu")
     source = ItemSource(config, segmenter)
     coordinate_loss = CoordinateLoss(processor.tokenizer, config.coordinate_sigma)
 
@@ -517,20 +557,20 @@ def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
         inputs = encode_batch(processor, [(r, a) for r, a, _ in items])
         outputs = model(**inputs, output_hidden_states=True, output_attentions=True)
         scenes = [s for _, _, s in items]
-        probe = _probe_losses(model, probes, outputs, inputs, scenes, grid)
+        probe, binding = _probe_losses(model, probes, outputs, inputs, scenes, grid)
         coordinates = coordinate_loss(outputs.logits, inputs)
         grounding = [s if "bbox_2d" in a else None for _, a, s in items]
         pointer = _pointer_loss(outputs, inputs, grounding, grid, coordinate_loss, model.config.image_token_id)
         probe = probe + _box_probe_loss(probes, outputs, inputs, coordinate_loss, grounding)
-        loss = (outputs.loss + config.probe_weight * probe + config.coordinate_weight * coordinates
-                + config.pointer_weight * pointer)
+        loss = (outputs.loss + config.probe_weight * probe + config.binding_weight * binding
+                + config.coordinate_weight * coordinates + config.pointer_weight * pointer)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         step += 1
         record = {"step": step, "loss": round(float(outputs.loss.detach()), 4),
-                  "probe": round(float(probe.detach()), 4),
+                  "probe": round(float(probe.detach()), 4), "binding": round(float(binding.detach()), 4),
                   "coordinates": round(float(coordinates.detach()), 4), "pointer": round(float(pointer.detach()), 4),
                   "seconds": round(time.time() - tick, 3)}
         if step % config.eval_every == 0 or step == config.steps:
