@@ -169,3 +169,25 @@ def test_decoding_reaches_the_policy_from_the_model_run_agent_and_the_cli(tiny_m
     assert build_parser().parse_args(["run", "ds"]).decoding == DEFAULT_DECODING
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "ds", "--decoding", "continuous"])
+
+
+def test_the_run_form_offers_the_decodings_and_passes_the_choice_on(tmp_path):
+    import uuid
+
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    from agent_data import make_dataset
+    from sam_veteran.plugin.operators.run_agent import RunSamVeteran
+
+    dataset = make_dataset(tmp_path, 1, name=f"decoding-{uuid.uuid4().hex[:8]}")
+    try:
+        def context(params):
+            return ExecutionContext(request_params={"dataset_name": dataset.name, "params": params},
+                                    executor=Executor())
+
+        choice = RunSamVeteran().resolve_input(context({})).type.properties["decoding"]
+        assert choice.type.values == list(DECODINGS) and choice.default == DEFAULT_DECODING
+        with pytest.raises(ValueError, match="unknown decoding 'turbo'"):
+            next(RunSamVeteran()._runs(context({"decoding": "turbo"})))
+    finally:
+        dataset.delete()
