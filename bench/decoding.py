@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # see bench/README.md: two threads on the shared 2-core machine drown every ratio
     batch_sizes = [1, 8] if args.quick else [1, 8, 16]
-    run_args = Namespace(new_tokens=args.new_tokens, image_side=224, rounds=3, agent_rounds=2)
+    run_args = Namespace(new_tokens=args.new_tokens, image_side=224, rounds=5, agent_rounds=3)
     started = time.perf_counter()
     policies = tiny_policies(args.new_tokens, max(batch_sizes), compiled=not args.quick)
     torch.manual_seed(0)

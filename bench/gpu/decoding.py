@@ -5,7 +5,8 @@ forced to exactly `--new-tokens` tokens a call; SAM vit_h (random weights) besid
 (``eager``, ``static``) and batch size (1, 8, 32) it measures, on the same inputs:
 
 - pure generation: the first call at the shape (compilation and CUDA-graph capture on the static path) timed
-  apart, then `--rounds` calls: tokens/s and the roofline ratio, achieved tokens/s over the bandwidth-bound
+  apart, then `--rounds` calls per path, the paths interleaved: tokens/s of the best call (and the median) and
+  the roofline ratio, achieved tokens/s over the bandwidth-bound
   tokens/s (batch x measured copy bandwidth / bytes of the weights a decoding step reads);
 - the agent (box, one click, stop: three policy calls, two SAM decodes per sample, `agent.ScriptedTexts`):
   samples/s against pure generation of the same inputs, with the time split into generate / processor / SAM
@@ -114,26 +115,37 @@ def policy_for(base: TransformersPolicy, decoding: str, compile_backend: str | N
                               batch_size=base.batch_size, decoding=decoding, compile_backend=compile_backend)
 
 
-def measure_generation(policy: TransformersPolicy, requests, rounds: int, new_tokens: int, device) -> dict:
-    """The first call at this shape apart (compilation lands there), then `rounds` timed calls."""
+def timed(policy: TransformersPolicy, requests, device) -> float:
     sync(device)
     started = time.perf_counter()
-    policy.generate_ids(requests)
+    answers = policy.generate_ids(requests)
     sync(device)
-    first = time.perf_counter() - started
-    split = ForwardSplit(policy.model, device)
-    started = time.perf_counter()
+    assert all(len(a) == policy.max_new_tokens for a in answers), "the policy must be forced to new_tokens tokens"
+    return time.perf_counter() - started
+
+
+def measure_generation(policies: dict, requests, rounds: int, device) -> dict[str, dict]:
+    """Each path's first call at this shape apart (compilation lands there), then `rounds` calls per path,
+    interleaved so that the machine's load drifts over every path alike; then one call under `ForwardSplit`."""
+    first = {name: timed(policy, requests, device) for name, policy in policies.items()}
+    times: dict[str, list[float]] = {name: [] for name in policies}
     for _ in range(rounds):
-        answers = policy.generate_ids(requests)
-    sync(device)
-    seconds = time.perf_counter() - started
-    split.remove()
-    vision = split.seconds["vision"]  # transformers 5 encodes the images before the first forward, not inside it
-    prefill = split.seconds["prefill"] + vision
-    assert all(len(a) == new_tokens for a in answers), "the policy must be forced to exactly new_tokens tokens"
-    return {"first_call_seconds": round(first, 3), "seconds": round(seconds, 3),
-            "tokens_per_s": round(rounds * len(requests) * new_tokens / seconds, 1),
-            "prefill_share": round(prefill / seconds, 3), "vision_share_of_prefill": round(vision / prefill, 3)}
+        for name, policy in policies.items():
+            times[name].append(timed(policy, requests, device))
+    out = {}
+    for name, policy in policies.items():
+        split = ForwardSplit(policy.model, device)
+        seconds = timed(policy, requests, device)
+        split.remove()
+        vision = split.seconds["vision"]  # transformers 5 encodes the images before the first forward, not in it
+        prefill = split.seconds["prefill"] + vision
+        tokens = len(requests) * policy.max_new_tokens
+        out[name] = {"first_call_seconds": round(first[name], 3), "seconds": round(sum(times[name]), 3),
+                     "tokens_per_s": round(tokens / min(times[name]), 1),  # the best call: load only slows
+                     "median_tokens_per_s": round(tokens / float(np.median(times[name])), 1),
+                     "prefill_share": round(prefill / seconds, 3),
+                     "vision_share_of_prefill": round(vision / prefill, 3)}
+    return out
 
 
 def measure_agent(policy: TransformersPolicy, segmenter: SamSegmenter, batch_size: int, rounds: int, side: int,
@@ -183,10 +195,10 @@ def run_batch(policies: dict, segmenter, batch_size: int, args, device, roofline
     base = next(iter(policies.values()))
     requests = [PolicyRequest(policy_view(item.image, (args.image_side,) * 2), base.family.grounding_prompt(item.query))
                 for item in images(batch_size, seed=batch_size + 7)]
+    generation = measure_generation(policies, requests, args.rounds, device)
     rows = []
     for name, policy in policies.items():
-        row = {"decoding": name, "batch_size": batch_size}
-        row.update(measure_generation(policy, requests, args.rounds, args.new_tokens, device))
+        row = {"decoding": name, "batch_size": batch_size, **generation[name]}
         row["roofline_tokens_per_s"] = round(batch_size * roofline_step, 1)
         row["roofline_ratio"] = round(row["tokens_per_s"] / row["roofline_tokens_per_s"], 4)
         row["agent"] = measure_agent(policy, segmenter, batch_size, args.agent_rounds, args.image_side, device)
