@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from .plugin.agent.prompts import family_names
-from .plugin.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_EVAL_KEY, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD,
-                              DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, DEMO_MODELS,
+from .plugin.defaults import (DECODINGS, DEFAULT_BATCH_SIZE, DEFAULT_DECODING, DEFAULT_EVAL_KEY, DEFAULT_GT_FIELD,
+                              DEFAULT_LABEL_FIELD, DEFAULT_MAX_STEPS, DEFAULT_POLICY, DEFAULT_PROMPT_FIELD,
+                              DEFAULT_SEGMENTER, DEMO_MODELS,
                               REFER_DATASETS, SEGMENTER_HELP, TINY_FAMILIES, TINY_MAX_NEW_TOKENS, cache_dir)
 
 PROG = "sam-veteran"
@@ -83,6 +84,9 @@ def add_model_arguments(parser) -> None:
                         help=f"refinement steps (clicks) the agent may take after its box (default: the family's, "
                              f"{DEFAULT_MAX_STEPS}; 0 for the peers' seg_zero and vision_reasoner)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--decoding", choices=DECODINGS, default=DEFAULT_DECODING,
+                        help=f"how the policy generates: eager, or static (a static KV cache with the decoding step "
+                             f"compiled; the first batch of each shape compiles) (default {DEFAULT_DECODING})")
 
 
 def load_dataset(name: str):
@@ -110,6 +114,7 @@ def models(args, say) -> tuple[str, str, dict]:
     from .plugin.agent.tiny import tiny_model_paths
 
     family = {"family": args.family} if getattr(args, "family", None) else {}
+    family["decoding"] = getattr(args, "decoding", DEFAULT_DECODING)
     if args.tiny:
         policy, segmenter = tiny_model_paths()
         return policy, segmenter, {"max_new_tokens": TINY_MAX_NEW_TOKENS, **family}

@@ -19,6 +19,11 @@ DEFAULT_MAX_STEPS = 3  # refinement steps after the box
 DEFAULT_BATCH_SIZE = 8
 MAX_NEW_TOKENS = 512  # the longest answer the policy may generate
 TINY_MAX_NEW_TOKENS = 64  # the tiny random models' answers are noise: keep them short
+# How the policy decodes (`agent/policy.py`): plain `generate`, or a static KV cache with the decoding step
+# compiled (transformers' continuous batching cannot take images: see `agent/policy.py`). Eager stays the default
+# until another is measured faster on a GPU.
+DECODINGS = ("eager", "static")
+DEFAULT_DECODING = "eager"
 
 REFER_DATASETS = ("refcoco", "refcoco+", "refcocog", "grefcoco")
 TINY_FAMILIES = ("qwen2_5_vl", "qwen3_vl")  # the tiny policies written by default

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import fiftyone as fo
 
 from .agent import EndReason
-from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD, DEFAULT_POLICY,
+from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_DECODING, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD, DEFAULT_POLICY,
                        DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER)
 from .labels import LABEL_TYPES, has_results, label_fields
 from .lease import RunLease
@@ -60,14 +60,19 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
                    segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None, device: str | None = None,
                    label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
                    batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False, run_id: str | None = None,
-                   gt_field: str = DEFAULT_GT_FIELD, **policy_kwargs) -> Iterator[RunProgress]:
+                   gt_field: str = DEFAULT_GT_FIELD, decoding: str = DEFAULT_DECODING,
+                   **policy_kwargs) -> Iterator[RunProgress]:
     """Run the agent batch by batch, writing each batch when it finishes; yields progress after each batch.
 
     `model` is used when given; otherwise one is loaded from `policy` and `segmenter` (only if a sample needs it),
     with `policy_kwargs` such as ``family="seg_zero"``; `max_steps` None is the family's default. Worker processes
     of one run share its lease by passing the same `run_id`. ``policy="oracle"`` (the simulated user) reads each
-    sample's ground truth from `gt_field`.
+    sample's ground truth from `gt_field`. `decoding` is how the policy generates (``"eager"`` or ``"static"``,
+    `defaults.DECODINGS`); an unknown value is refused before anything runs.
     """
+    from .agent.policy import check_decoding
+
+    check_decoding(decoding)
     started = time.perf_counter()
     if samples.get_field(prompt_field) is None:
         raise ValueError(f"the samples have no query field '{prompt_field}' (fields: "
@@ -80,11 +85,11 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
     with RunLease(dataset, label_field, run_id) as lease:
         yield from _run(samples, model, lease, label_field, started, policy=policy, segmenter=segmenter,
                         max_steps=max_steps, device=device, prompt_field=prompt_field, batch_size=batch_size,
-                        overwrite=overwrite, gt_field=gt_field, **policy_kwargs)
+                        overwrite=overwrite, gt_field=gt_field, decoding=decoding, **policy_kwargs)
 
 
 def _run(samples, model, lease: RunLease, label_field: str, started: float, *, policy, segmenter, max_steps,
-         device, prompt_field, batch_size, overwrite, gt_field, **policy_kwargs) -> Iterator[RunProgress]:
+         device, prompt_field, batch_size, overwrite, gt_field, decoding, **policy_kwargs) -> Iterator[RunProgress]:
     """The run itself, once checked and holding the field's lease."""
     dataset = samples._dataset
     fields = label_fields(label_field)
@@ -94,7 +99,7 @@ def _run(samples, model, lease: RunLease, label_field: str, started: float, *, p
     progress = RunProgress(total=total, skipped=total - len(ids), to_run=len(ids))
     if ids and model is None:
         model = SamVeteranModel(policy=policy, segmenter=segmenter, max_steps=max_steps, device=device,
-                                gt_field=gt_field, **policy_kwargs)
+                                gt_field=gt_field, decoding=decoding, **policy_kwargs)
     if ids:
         _declare_fields(dataset, fields)
     declared = time.perf_counter()

@@ -23,7 +23,7 @@ import numpy as np
 
 from .agent import Agent, AgentConfig, AgentInput, Trace
 from .agent.images import ImageLoadError, load_image
-from .defaults import DEFAULT_GT_FIELD, DEFAULT_POLICY, DEFAULT_SEGMENTER
+from .defaults import DEFAULT_DECODING, DEFAULT_GT_FIELD, DEFAULT_POLICY, DEFAULT_SEGMENTER
 from .labels import failure_labels, trace_to_labels
 
 MAX_ASPECT_RATIO = 200  # Qwen-VL image processors refuse longer sides over 200x the shorter
@@ -120,15 +120,16 @@ class SamVeteranModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.Torc
 
     `max_steps` None is the policy family's default; ``family=`` (e.g. ``"seg_zero"``) and other `policy_kwargs`
     go to `TransformersPolicy.from_pretrained`. ``policy="oracle"`` (the simulated user) reads each sample's
-    ground truth from `gt_field`; ``"mini"`` names the shipped mini models."""
+    ground truth from `gt_field`; ``"mini"`` names the shipped mini models. `decoding` (``"eager"`` or
+    ``"static"``, `defaults.DECODINGS`) is how the policy generates (`agent/policy.py`)."""
 
     def __init__(self, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None,
                  device: str | None = None, agent: Agent | None = None, gt_field: str = DEFAULT_GT_FIELD,
-                 **policy_kwargs) -> None:
+                 decoding: str = DEFAULT_DECODING, **policy_kwargs) -> None:
         fom.SamplesMixin.__init__(self)
         self._gt_field = gt_field
         self.agent = agent or Agent.from_pretrained(policy, segmenter, AgentConfig(max_steps=max_steps),
-                                                    device=device, **policy_kwargs)
+                                                    device=device, decoding=decoding, **policy_kwargs)
         self._preprocess = False
 
     @property

@@ -1,7 +1,9 @@
 """The agent loop: box first, then clicks until the policy says stop or the step cap is reached.
 
 All samples of a batch advance together: one batched policy call per step for every unfinished sample, one
-batched image-encoder pass per batch (the embedding is reused by every refinement). Answers are repaired where
+batched image-encoder pass per batch (the embedding is reused by every refinement). Step 0 does not need the
+segmenter until the policy has answered, so the image encoder runs on a worker thread (on its own CUDA stream on a
+GPU) while the policy generates step 0 (`AgentConfig.overlap_encode`). Answers are repaired where
 the meaning is clear and recorded in the step's notes (`actions`: inverted box corners swapped, coordinates
 clamped into the image); an answer that cannot be read is retried once with sampling, and if it still cannot be read the trace
 ends with `EndReason.PARSE_FAILURE`, keeping the last good mask. One bad sample never stops the batch.
@@ -9,6 +11,7 @@ ends with `EndReason.PARSE_FAILURE`, keeping the last good mask. One bad sample 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -28,12 +31,14 @@ from .trace import Action, EndReason, Step, Trace
 @dataclass
 class AgentConfig:
     """How the loop runs. `input_size` overrides the family's policy image size when given; `max_steps` None means
-    the family's own default (3; 0 for the peers' families, which were not trained to refine)."""
+    the family's own default (3; 0 for the peers' families, which were not trained to refine). `overlap_encode`
+    runs the segmenter's image encoder beside the policy's step 0 instead of before it (same masks)."""
 
     max_steps: int | None = None
     parse_retries: int = 1
     input_size: tuple[int, int] | None = None
     overlay: OverlayStyle = field(default_factory=OverlayStyle)
+    overlap_encode: bool = True
 
 
 @dataclass
@@ -90,9 +95,13 @@ class Agent:
             traces.append(trace)
             if state is not None:
                 states.append(state)
-        for state, embedding in zip(states, self.segmenter.encode([s.image for s in states])):
-            state.embedding = embedding
-        self._ground(states)
+        images = [s.image for s in states]
+        if self.config.overlap_encode:
+            with ThreadPoolExecutor(max_workers=1) as worker:
+                self._ground(states, worker.submit(encode_beside, self.segmenter, images).result)
+        else:
+            embeddings = self.segmenter.encode(images)
+            self._ground(states, lambda: embeddings)
         for index in range(1, self.max_steps + 1):
             states = [s for s in states if not s.trace.ended]
             if not states:
@@ -127,15 +136,19 @@ class Agent:
                 return trace, None
         return trace, _State(trace=trace, image=image, ground_truth=ground_truth)
 
-    def _ground(self, states: list[_State]) -> None:
+    def _ground(self, states: list[_State], embeddings: Callable[[], list]) -> None:
         """Step 0: a box (and, for the peers' families, positive clicks) from the query, then the segmenter's mask
-        for it. An answer that finds nothing (VisionReasoner's ``[]``) ends the trace with no mask."""
+        for it. An answer that finds nothing (VisionReasoner's ``[]``) ends the trace with no mask. `embeddings`
+        gives the images' embeddings, waiting for them if they are still being encoded."""
         for state in states:
             state.view = policy_view(state.image, self.family.input_size)
         requests = [PolicyRequest(s.view, self.family.grounding_prompt(s.trace.query), ground_truth=s.ground_truth)
                     for s in states]
         parse = partial(parse_grounding, answer_format=self.family.answer_format)
-        for state, (text, answer, notes, error) in zip(states, self._ask(requests, parse)):
+        answers = self._ask(requests, parse)
+        for state, embedding in zip(states, embeddings()):
+            state.embedding = embedding
+        for state, (text, answer, notes, error) in zip(states, answers):
             step = Step(index=0, text=text, notes=notes)
             state.trace.steps.append(step)
             if answer is not None and answer.box is None:
@@ -217,3 +230,19 @@ class Agent:
         result = self.segmenter.segment(state.embedding, state.box, state.points, state.labels, state.logits)
         step.box = state.box
         step.mask, step.score, state.logits = result.mask, result.score, result.logits
+
+
+def encode_beside(segmenter: Segmenter, images: list[np.ndarray]) -> list:
+    """`segmenter.encode` for a worker thread. On a GPU it runs on a stream of its own, so its kernels interleave
+    with the policy's instead of queueing behind them; the stream is synchronised before the embeddings are handed
+    over (the next use of the embeddings is then ordered after their making)."""
+    import torch
+
+    device = torch.device(getattr(segmenter, "device", "cpu"))
+    if device.type != "cuda":
+        return segmenter.encode(images)
+    stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        embeddings = segmenter.encode(images)
+    stream.synchronize()
+    return embeddings

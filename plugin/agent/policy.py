@@ -3,6 +3,15 @@
 `TransformersPolicy` generates for a whole batch of requests at once (left padding), which is what keeps a GPU
 busy: the agent loop advances every unfinished sample one step per call. `messages` builds the chat the model
 sees; the trainer uses the same function, so what is trained is exactly what runs.
+
+`decoding` picks how `generate` runs (values in `defaults.DECODINGS`): ``"eager"``, transformers' dynamic KV cache
+with one Python-driven step per token, or ``"static"``, a preallocated KV cache whose decoding step transformers
+compiles with `torch.compile` (CUDA graphs on a GPU), which removes the per-token host overhead that bounds eager
+decoding. Compiled code is specialised to shapes, so the static path buckets them: a batch is padded with copies
+of its last request to the next power of two (up to `batch_size`), and the cache length is rounded up to
+`CACHE_BUCKET` tokens; a new prompt length within the bucket reuses the compiled step. Transformers' continuous
+batching (`generate_batch`) is not offered: in transformers 5.x it takes token ids only, with no images and no
+multimodal rotary positions, so it cannot run a Qwen-VL policy (`docs/speed.md`).
 """
 
 from __future__ import annotations
@@ -15,9 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..defaults import DEFAULT_POLICY, MAX_NEW_TOKENS, ORACLE_POLICY
+from ..defaults import DECODINGS, DEFAULT_DECODING, DEFAULT_POLICY, MAX_NEW_TOKENS, ORACLE_POLICY
 from .prompts import ModelFamily, resolve_family
 
+CACHE_BUCKET = 256  # tokens: the static KV cache's length is rounded up to a multiple of this
+CONTINUOUS_UNAVAILABLE = ("decoding='continuous' is not available: transformers' continuous batching "
+                          "(generate_batch) takes token ids only, with no images and no multimodal rotary positions, "
+                          "so it cannot run a Qwen-VL policy; use 'static' (a compiled static KV cache) or 'eager'")
 
 
 @dataclass
@@ -52,6 +65,25 @@ def messages(request: PolicyRequest, family: ModelFamily) -> list[dict]:
     ]
 
 
+def check_decoding(decoding: str) -> str:
+    """`decoding` if it is one of `DECODINGS`, else a ValueError that lists them."""
+    if decoding in DECODINGS:
+        return decoding
+    if decoding == "continuous":
+        raise ValueError(CONTINUOUS_UNAVAILABLE)
+    raise ValueError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODINGS)}")
+
+
+def batch_bucket(size: int, batch_size: int) -> int:
+    """The batch size a static-cache call runs at: the next power of two, capped at `batch_size`."""
+    return min(1 << (size - 1).bit_length(), batch_size)
+
+
+def cache_bucket(tokens: int) -> int:
+    """The static KV cache's length for `tokens` (prompt and answer): the next multiple of `CACHE_BUCKET`."""
+    return -(-tokens // CACHE_BUCKET) * CACHE_BUCKET
+
+
 class PromptTooLongError(ValueError):
     """A request (query, prompt and image tokens) plus the answer does not fit the policy's context window."""
 
@@ -60,7 +92,12 @@ class TransformersPolicy:
     """A Qwen2-VL / Qwen2.5-VL / Qwen3-VL model through `transformers`, generating in batches."""
 
     def __init__(self, model, processor, family: str | ModelFamily | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
-                 batch_size: int = 8, temperature: float = 0.7) -> None:
+                 batch_size: int = 8, temperature: float = 0.7, decoding: str = DEFAULT_DECODING,
+                 compile_backend: str | None = "inductor") -> None:
+        """`compile_backend` is the `torch.compile` backend of the static path's decoding step; None runs the
+        static cache uncompiled (what the tests compare token for token with eager)."""
+        self.decoding = check_decoding(decoding)
+        self.compile_backend = compile_backend
         self.model = model.eval()
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"
@@ -72,8 +109,12 @@ class TransformersPolicy:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_POLICY, device: str | None = None,
                         dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-                        family: str | ModelFamily | None = None, **kwargs) -> "TransformersPolicy":
+                        family: str | ModelFamily | None = None, decoding: str = DEFAULT_DECODING,
+                        **kwargs) -> "TransformersPolicy":
         """Load a hub id or a local folder; bf16 on a GPU, float32 on the CPU.
+
+        `decoding` is ``"eager"`` (default) or ``"static"`` (a compiled static KV cache, see the module's notes);
+        an unknown value is refused before anything loads.
 
         `family` (a name such as ``"seg_zero"`` or a `ModelFamily`) sets the prompts and answer format; by default
         it is the known family of the hub id (`prompts.KNOWN_POLICIES`), else that of the checkpoint's model type.
@@ -81,12 +122,14 @@ class TransformersPolicy:
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        check_decoding(decoding)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype,
                                                             trust_remote_code=trust_remote_code).to(device)
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        return cls(model, processor, family=resolve_family(family, name_or_path, model.config.model_type), **kwargs)
+        return cls(model, processor, family=resolve_family(family, name_or_path, model.config.model_type),
+                   decoding=decoding, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -113,18 +156,38 @@ class TransformersPolicy:
                                      f"{self.max_new_tokens} answer tokens that exceeds the policy's context of "
                                      f"{limit} tokens: shorten the query")
 
-    @torch.no_grad()
     def generate(self, requests: Sequence[PolicyRequest], sample: bool = False) -> list[str]:
         """Answer every request; greedy unless `sample` (used to retry an unreadable answer)."""
-        answers: list[str] = []
+        return self.processor.batch_decode(self.generate_ids(requests, sample), skip_special_tokens=True)
+
+    @torch.no_grad()
+    def generate_ids(self, requests: Sequence[PolicyRequest], sample: bool = False) -> list[torch.Tensor]:
+        """The answer tokens of every request (padded after its end of answer), `batch_size` requests a call."""
+        answers: list[torch.Tensor] = []
         for start in range(0, len(requests), self.batch_size):
-            inputs = self.encode(requests[start : start + self.batch_size])
+            chunk = list(requests[start : start + self.batch_size])
+            real = len(chunk)
+            if self.decoding == "static":  # padded with copies of the last request, whose answers are dropped
+                chunk += chunk[-1:] * (batch_bucket(len(chunk), self.batch_size) - len(chunk))
+            inputs = self.encode(chunk)
             self.check_length(inputs)
             options = dict(do_sample=True, temperature=self.temperature) if sample else dict(do_sample=False)
+            if self.decoding == "static":
+                options.update(self.static_options(inputs["input_ids"].shape[1]))
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **options)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            answers += self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+            answers += list(output[:real, inputs["input_ids"].shape[1]:])
         return answers
+
+    def static_options(self, prompt_tokens: int) -> dict:
+        """`generate` options of the static path: the cache, its bucketed length, and the compilation."""
+        from transformers import CompileConfig
+
+        options = dict(cache_implementation="static", max_cache_len=cache_bucket(prompt_tokens + self.max_new_tokens))
+        if self.compile_backend is None:
+            return dict(options, disable_compile=True)
+        config = CompileConfig(backend=self.compile_backend)
+        config._compile_all_devices = True  # transformers compiles only on accelerators unless told; the CPU gains too
+        return dict(options, compile_config=config)
 
 
 def load_policy(spec: str | os.PathLike = DEFAULT_POLICY, device: str | None = None, trust_remote_code: bool = False,
@@ -133,6 +196,7 @@ def load_policy(spec: str | os.PathLike = DEFAULT_POLICY, device: str | None = N
     policy), or a hub id or folder loaded by `TransformersPolicy.from_pretrained`."""
     from .shipped import shipped_path
 
+    check_decoding(kwargs.get("decoding", DEFAULT_DECODING))  # refused for every spec, the oracle's too
     if str(spec) == ORACLE_POLICY:
         from .oracle import OraclePolicy
 

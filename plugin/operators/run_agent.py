@@ -7,7 +7,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..agent.prompts import family_names
-from ..defaults import (DEFAULT_BATCH_SIZE, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD, DEFAULT_POLICY,
+from ..defaults import (DECODINGS, DEFAULT_BATCH_SIZE, DEFAULT_DECODING, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD, DEFAULT_POLICY,
                         DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
 from ..inference import RunProgress, iter_run_agent
 from ..labels import has_results, label_fields
@@ -61,6 +61,9 @@ class RunSamVeteran(foo.Operator):
                    description="read only by the simulated user (policy 'oracle')")
         inputs.int("max_new_tokens", default=MAX_NEW_TOKENS, min=1, label="Longest answer (tokens)",
                    description="the policy's generation cap per step")
+        inputs.enum("decoding", list(DECODINGS), default=DEFAULT_DECODING, label="Decoding",
+                    description="eager, or static: a static KV cache with the decoding step compiled (faster once "
+                                "compiled; the first batch of each shape compiles)", view=types.DropdownView())
         inputs.bool("overwrite", default=False, label="Overwrite",
                     description="run again on samples that already have results (otherwise they are skipped)")
         label_field = ctx.params.get("label_field") or DEFAULT_LABEL_FIELD
@@ -89,7 +92,8 @@ class RunSamVeteran(foo.Operator):
                               prompt_field=p.get("prompt_field", DEFAULT_PROMPT_FIELD),
                               batch_size=p.get("batch_size", DEFAULT_BATCH_SIZE), overwrite=p.get("overwrite", False),
                               max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS),
-                              gt_field=p.get("gt_field", DEFAULT_GT_FIELD), **policy_kwargs)
+                              gt_field=p.get("gt_field", DEFAULT_GT_FIELD),
+                              decoding=p.get("decoding") or DEFAULT_DECODING, **policy_kwargs)
 
     def _run(self, ctx) -> dict:
         """Delegated: progress is stored on the operation; the summary is its result."""
@@ -107,8 +111,9 @@ class RunSamVeteran(foo.Operator):
     def __call__(self, sample_collection, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
                  label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
                  max_steps: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False,
-                 max_new_tokens: int = MAX_NEW_TOKENS, family: str = AUTO_FAMILY, delegate: bool = False):
+                 max_new_tokens: int = MAX_NEW_TOKENS, family: str = AUTO_FAMILY, delegate: bool = False,
+                 decoding: str = DEFAULT_DECODING):
         params = {"policy": policy, "segmenter": segmenter, "label_field": label_field, "family": family,
                   "prompt_field": prompt_field, "max_steps": max_steps, "batch_size": batch_size,
-                  "overwrite": overwrite, "max_new_tokens": max_new_tokens}
+                  "overwrite": overwrite, "max_new_tokens": max_new_tokens, "decoding": decoding}
         return call_operator(self.uri, sample_collection, params, delegate)

@@ -4,7 +4,9 @@
 mask decoder, so every refinement step reuses the embedding. Checkpoints load with `torch.load(weights_only=True)`
 or safetensors: a checkpoint can never run code. The architecture (vit_h / vit_l / vit_b / the local tiny one)
 is read from the checkpoint's own tensor shapes (`ARCHITECTURES`); a model type name resolves to Meta's file in
-the cache, downloaded once.
+the cache, downloaded once. `encoder_dtype=torch.bfloat16` runs the image encoder (nearly all of SAM's cost) in
+bf16 and hands its features to the fp32 decoder; the masks it gives are compared with fp32's in
+`bench/decoding.py` and `tests/test_decoding_sam.py`.
 """
 
 from __future__ import annotations
@@ -172,9 +174,11 @@ class SamSegmenter:
     """Segment Anything (v1) behind the `Segmenter` protocol."""
 
     def __init__(self, sam: Sam, device: str | torch.device | None = None, encode_batch_size: int = 4,
-                 mask_threshold: float = 0.0) -> None:
+                 mask_threshold: float = 0.0, encoder_dtype: torch.dtype = torch.float32) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.sam = sam.to(self.device).eval()
+        self.encoder_dtype = encoder_dtype
+        self.sam.image_encoder.to(encoder_dtype)
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
         self.encode_batch_size = encode_batch_size
         self.mask_threshold = mask_threshold
@@ -199,7 +203,7 @@ class SamSegmenter:
                 tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
                 inputs.append(self.sam.preprocess(tensor[None])[0])
                 sizes.append(((image.shape[0], image.shape[1]), (resized.shape[0], resized.shape[1])))
-            features = self.sam.image_encoder(torch.stack(inputs))
+            features = self.sam.image_encoder(torch.stack(inputs).to(self.encoder_dtype)).float()
             for i, (original, input_size) in enumerate(sizes):
                 out.append(ImageEmbedding(features[i : i + 1], original, input_size))
         return out
