@@ -39,8 +39,11 @@ class Download:
 def needed(policy: str, segmenter: str) -> list[Download]:
     """The downloads a run of `policy` + `segmenter` needs: those neither local nor in their cache."""
     from .agent.segmenters import CHECKPOINT_URLS, segmenter_kind
+    from .agent.shipped import SHIPPED
 
-    out = [d for d in (_hub_download(policy),) if d]
+    out = [d for d in (_hub_download(policy),) if d] if policy not in {*SHIPPED, "oracle"} else []
+    if segmenter in SHIPPED:
+        return out
     if segmenter_kind(segmenter) == "sam2":
         out += [d for d in (_hub_download(segmenter),) if d]
     elif segmenter in CHECKPOINT_URLS and not Path(segmenter).exists():
