@@ -430,9 +430,12 @@ def run_agent_command(args) -> int:
     else:  # nothing to run: no model is loaded, so nothing needs downloading
         policy, segmenter, policy_kwargs = args.policy or DEFAULT_POLICY, args.segmenter or DEFAULT_SEGMENTER, {}
 
+    said = []
+
     def report(progress) -> None:
-        if progress.to_run and progress.done:
+        if progress.to_run and progress.done and said[-1:] != [progress.done]:
             say(f"{progress.done}/{progress.to_run} samples written ({progress.failed} could not be run)")
+            said.append(progress.done)
 
     summary = run_agent(view, policy=policy, segmenter=segmenter, max_steps=args.max_steps, device=device,
                         label_field=args.label_field, prompt_field=args.prompt_field, batch_size=args.batch_size,
