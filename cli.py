@@ -378,8 +378,57 @@ def add_run(subparsers) -> None:
     parser.add_argument("--gt-field", default=DEFAULT_GT_FIELD,
                         help=f"the ground truth that --policy oracle (the simulated user) reads (default "
                              f"{DEFAULT_GT_FIELD})")
+    parser.add_argument("--shard", metavar="auto|I/N",
+                        help="run as worker I (from 0) of N of one run, the workers claiming chunks of the view from "
+                             "the database; auto reads RANK/WORLD_SIZE/LOCAL_RANK (torchrun, accelerate) or "
+                             "SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and uses the GPU of the local rank "
+                             "(docs/scale-out.md)")
+    parser.add_argument("--run-id", help="the id every worker of a sharded run shares (default: torchrun's "
+                                         "--rdzv-id, else SLURM's job and step)")
+    parser.add_argument("--chunk-size", type=int, help="samples per claimed chunk (default: 4 batches)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     parser.set_defaults(handler=run_agent_command)
+
+
+def shard_options(args) -> tuple[tuple[int, int] | None, str | None, str | None]:
+    """(shard, run id, device) for `run`: --shard auto reads the launcher's environment and picks the GPU of the
+    local rank (modulo the GPUs visible, so one GPU per task under CUDA_VISIBLE_DEVICES works too)."""
+    from .plugin.sharding import from_environment, launcher_run_id, parse_shard
+
+    if args.shard is None:
+        return None, args.run_id, args.device
+    local_rank = None
+    if args.shard == "auto":
+        found = from_environment(os.environ)
+        if found is None:
+            raise CommandError("--shard auto found no launcher: neither RANK and WORLD_SIZE (torchrun, accelerate) "
+                               "nor SLURM_PROCID and SLURM_NTASKS are set",
+                               "start the workers with torchrun or srun, or pass --shard INDEX/COUNT")
+        index, count, local_rank = found
+    else:
+        index, count = parse_shard(args.shard)
+    run_id = args.run_id or launcher_run_id(os.environ)
+    if run_id is None:
+        raise CommandError(f"worker {index}/{count} needs a run id that all the run's workers share",
+                           "pass --run-id ID, the same on every worker (or torchrun --rdzv-id ID)")
+    device = args.device
+    if device is None and local_rank is not None:
+        import torch
+
+        device = f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else None
+    return (index, count), run_id, device
+
+
+def print_shard_summary(summary: dict, label_field: str) -> None:
+    print(f"worker {summary['shard']}: wrote {summary['done']} samples ({summary['failed']} could not be run), "
+          f"{summary['skipped']} already had results, in {seconds(summary['seconds'])}; the run has "
+          f"{summary['run_done']} of {summary['run_samples']} samples in finished chunks")
+    final = summary.get("final")
+    if final:
+        print(f"run {final['run_id']} on '{label_field}' ({final['reported']} of {final['workers']} workers "
+              f"reported): {final['done']} samples written, {final['failed']} could not be run, "
+              f"{final['skipped']} already had results, of {final['samples']}; the slowest worker took "
+              f"{seconds(final['seconds'])}")
 
 
 def run_agent_command(args) -> int:
@@ -390,19 +439,30 @@ def run_agent_command(args) -> int:
     if args.limit is not None:
         view = view.limit(args.limit)
     say = stderr_say if args.json else print
+    shard, run_id, device = shard_options(args)
     pending = view.count() if args.overwrite else view.match(~has_results(args.label_field)).count()
     if pending:
         policy, segmenter, policy_kwargs = models(args, say)
     else:  # nothing to run: no model is loaded, so nothing needs downloading
         policy, segmenter, policy_kwargs = args.policy or DEFAULT_POLICY, args.segmenter or DEFAULT_SEGMENTER, {}
 
-    def report(progress) -> None:
-        if progress.to_run and progress.done:
-            say(f"{progress.done}/{progress.to_run} samples written ({progress.failed} could not be run)")
+    said = []
 
-    summary = run_agent(view, policy=policy, segmenter=segmenter, max_steps=args.max_steps, device=args.device,
+    def report(progress) -> None:
+        if progress.to_run and progress.done and said[-1:] != [progress.done]:
+            say(f"{progress.done}/{progress.to_run} samples written ({progress.failed} could not be run)")
+            said.append(progress.done)
+
+    summary = run_agent(view, policy=policy, segmenter=segmenter, max_steps=args.max_steps, device=device,
                         label_field=args.label_field, prompt_field=args.prompt_field, batch_size=args.batch_size,
-                        overwrite=args.overwrite, gt_field=args.gt_field, progress=report, **policy_kwargs)
+                        overwrite=args.overwrite, gt_field=args.gt_field, progress=report, shard=shard,
+                        run_id=run_id, chunk_size=args.chunk_size, **policy_kwargs)
+    if shard is not None:
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print_shard_summary(summary, args.label_field)
+        return 0
     run = AgentFields(args.label_field)
     summary["end_reasons"] = ({reason: n for reason, n in sorted(view.count_values(run.end_reason).items()) if reason}
                               if view.has_field(run.mask) else {})
@@ -421,6 +481,40 @@ def run_agent_command(args) -> int:
     if summary["failed"]:
         print(f"{summary['failed']} samples could not be run (invalid_input): the reason is in "
               f"{run.mask}.error; a re-run retries them")
+    return 0
+
+
+def add_run_status(subparsers) -> None:
+    parser = add_subparser(subparsers, "run-status",
+                           help="where the latest sharded run of a label field stands: chunks, workers, summaries")
+    parser.add_argument("dataset", help="FiftyOne dataset name")
+    parser.add_argument("label_field", nargs="?", default=DEFAULT_LABEL_FIELD,
+                        help=f"the run's label field (default {DEFAULT_LABEL_FIELD})")
+    parser.add_argument("--json", action="store_true", help="print the status as one JSON line")
+    parser.set_defaults(handler=run_status)
+
+
+def run_status(args) -> int:
+    from .plugin.sharding import run_status as status_of
+
+    status = status_of(load_dataset(args.dataset), args.label_field)
+    if status is None:
+        raise CommandError(f"label field {args.label_field!r} of {args.dataset!r} has had no sharded run",
+                           "`sam-veteran run --shard ...` starts one")
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    state = "finished" if status["finished"] else (f"running: {status['chunks_held']} chunks held, "
+                                                   f"{status['chunks_free']} free")
+    print(f"run {status['run_id']} on '{args.label_field}' of '{args.dataset}' ({status['workers']} workers, started "
+          f"{status['created']} UTC): {status['chunks_done']} of {status['chunks']} chunks done "
+          f"({status['samples_in_done_chunks']} of {status['samples']} samples), {state}")
+    for holder in status["holders"]:
+        print(f"  holding the field: process {holder['pid']} on {holder['host']}, heartbeat "
+              f"{holder['heartbeat_age_s']:.0f} s ago ({'alive' if holder['alive'] else 'dead'})")
+    for report in (status["summary"] or {}).get("per_worker", []):
+        print(f"  worker {report['shard']} finished: wrote {report['done']} samples ({report['failed']} could not "
+              f"be run), {report['skipped']} already had results, in {seconds(report['seconds'])}")
     return 0
 
 
@@ -504,7 +598,7 @@ def mini_train(args) -> int:
     return run(args)
 
 
-COMMANDS = [add_demo, add_run, add_eval, add_import, add_export, add_train, add_mini, add_tiny_models,
+COMMANDS = [add_demo, add_run, add_run_status, add_eval, add_import, add_export, add_train, add_mini, add_tiny_models,
             add_install_plugin, add_info]
 
 

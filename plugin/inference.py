@@ -17,6 +17,9 @@ A re-run skips samples that already have results (`has_results`) unless `overwri
 recorded as failures. A sample whose image cannot be read, whose query
 is missing, or on which the agent raises gets `failure_labels` with the reason; the run goes on.
 `iter_run_agent` is the same run as a generator of `RunProgress`, for progress bars and operators.
+With ``shard=(index, count)`` and a `run_id` shared by the workers, this process is one worker of a run spread over
+many (torchrun, SLURM, delegated operations): the workers claim chunks of the view from the database
+(`sharding.py`) and write the same label fields, each sample once.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_DECODING, DEFAULT_GT_FIELD, D
 from .labels import LABEL_TYPES, has_results, label_fields
 from .lease import RunLease
 from .model import SamVeteranModel, prepare_input, run_inputs
+from .sharding import CHUNK_BATCHES, ChunkQueue, check_shard
 
 REDECLARE_SECONDS = 5.0
 
@@ -56,11 +60,27 @@ class RunProgress:
         return asdict(self)
 
 
+@dataclass
+class ShardProgress(RunProgress):
+    """A sharded worker's progress: its own counts (of the chunks it claimed), the run's, and from worker 0 at the
+    end the whole run's summary (`final`)."""
+
+    shard: str = "0/1"
+    run_samples: int = 0  # in the run's plan
+    run_done: int = 0  # in chunks done, by any worker
+    final: dict | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.run_done / self.run_samples if self.run_samples else 1.0
+
+
 def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str = DEFAULT_POLICY,
                    segmenter: str = DEFAULT_SEGMENTER, max_steps: int | None = None, device: str | None = None,
                    label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
                    batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False, run_id: str | None = None,
                    gt_field: str = DEFAULT_GT_FIELD, decoding: str = DEFAULT_DECODING,
+                   shard: tuple[int, int] | None = None, chunk_size: int | None = None,
                    **policy_kwargs) -> Iterator[RunProgress]:
     """Run the agent batch by batch, writing each batch when it finishes; yields progress after each batch.
 
@@ -68,7 +88,9 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
     with `policy_kwargs` such as ``family="seg_zero"``; `max_steps` None is the family's default. Worker processes
     of one run share its lease by passing the same `run_id`. ``policy="oracle"`` (the simulated user) reads each
     sample's ground truth from `gt_field`. `decoding` is how the policy generates (``"eager"`` or ``"static"``,
-    `defaults.DECODINGS`); an unknown value is refused before anything runs.
+    `defaults.DECODINGS`); an unknown value is refused before anything runs. ``shard=(index, count)`` runs this
+    process as worker `index` of `count` of the run `run_id` (required then): chunks of `chunk_size` samples
+    (default `CHUNK_BATCHES` batches) claimed from the database; yields `ShardProgress`.
     """
     from .agent.policy import check_decoding
 
@@ -82,10 +104,19 @@ def iter_run_agent(samples, model: SamVeteranModel | None = None, *, policy: str
     dataset = samples._dataset
     fields = label_fields(label_field)
     _check_label_fields(dataset, fields)
+    if shard is not None:
+        check_shard(shard)
+        if run_id is None:
+            raise ValueError(f"worker {shard[0]} of {shard[1]} needs the run_id its workers share")
     with RunLease(dataset, label_field, run_id) as lease:
-        yield from _run(samples, model, lease, label_field, started, policy=policy, segmenter=segmenter,
-                        max_steps=max_steps, device=device, prompt_field=prompt_field, batch_size=batch_size,
-                        overwrite=overwrite, gt_field=gt_field, decoding=decoding, **policy_kwargs)
+        options = dict(policy=policy, segmenter=segmenter, max_steps=max_steps, device=device,
+                       prompt_field=prompt_field, batch_size=batch_size, overwrite=overwrite, gt_field=gt_field,
+                       decoding=decoding, **policy_kwargs)
+        if shard is None:
+            yield from _run(samples, model, lease, label_field, started, **options)
+        else:
+            queue = ChunkQueue(samples, lease, shard, chunk_size or CHUNK_BATCHES * batch_size, overwrite)
+            yield from _run_shard(samples, model, lease, queue, label_field, started, **options)
 
 
 def _run(samples, model, lease: RunLease, label_field: str, started: float, *, policy, segmenter, max_steps,
@@ -105,29 +136,88 @@ def _run(samples, model, lease: RunLease, label_field: str, started: float, *, p
     declared = time.perf_counter()
     for start in range(0, len(ids), batch_size):
         batch = slice(start, start + batch_size)
-        reads_truth = model.gt_field
-        if reads_truth and dataset.get_field(reads_truth) is None:
-            raise ValueError(f"the samples have no ground-truth field '{reads_truth}', which the simulated user "
-                             "(policy='oracle') reads: pass gt_field='<field>'")
-        truths = (dataset.select(ids[batch], ordered=True).values(reads_truth) if reads_truth
-                  else [None] * len(ids[batch]))
-        inputs = [prepare_input(path, query, prompt_field, ground_truth=truth, gt_field=reads_truth)
-                  for path, query, truth in zip(filepaths[batch], queries[batch], truths)]
-        labels = run_inputs(model.agent, inputs)
+        labels = _labels(dataset, model, ids[batch], filepaths[batch], queries[batch], prompt_field)
         lease.check()
-        for key in ("steps", "clicks", "mask"):  # the mask, which marks a sample done, last
-            dataset.set_values(fields[key], dict(zip(ids[batch], (label[key] for label in labels))),
-                               key_field="id")
+        _write(dataset, fields, ids[batch], labels)
         if start + batch_size >= len(ids) or time.perf_counter() - declared >= REDECLARE_SECONDS:
             _declare_fields(dataset, fields)
             declared = time.perf_counter()
-        progress.done += len(inputs)
-        progress.failed += sum(label["mask"].end_reason == EndReason.INVALID_INPUT.value for label in labels)
-        progress.seconds = round(time.perf_counter() - started, 3)
+        _count(progress, labels, started)
         yield progress
     if not ids:
         progress.seconds = round(time.perf_counter() - started, 3)
         yield progress
+
+
+def _run_shard(samples, model, lease: RunLease, queue: ChunkQueue, label_field: str, started: float, *, policy,
+               segmenter, max_steps, device, prompt_field, batch_size, overwrite, gt_field,
+               **policy_kwargs) -> Iterator[ShardProgress]:
+    """One worker of a sharded run: chunk after chunk from `queue` until the run's chunks are all done; worker 0
+    then waits for the others' reports and adds the run's summary."""
+    dataset = samples._dataset
+    fields = label_fields(label_field)
+    progress = ShardProgress(total=queue.samples, skipped=0, to_run=0, shard=f"{queue.index}/{queue.count}",
+                             run_samples=queue.samples, run_done=queue.run_done())
+    if queue.pending():
+        if model is None:
+            model = SamVeteranModel(policy=policy, segmenter=segmenter, max_steps=max_steps, device=device,
+                                    gt_field=gt_field, **policy_kwargs)
+        _declare_fields(dataset, fields)
+    declared = time.perf_counter()
+    for chunk in queue.claims():
+        todo = dataset.select(chunk.ids[chunk.written:], ordered=True)
+        todo = todo if overwrite else todo.match(~has_results(label_field))
+        ids, filepaths, queries = todo.values(["id", "filepath", prompt_field])
+        progress.skipped += len(chunk.ids) - chunk.written - len(ids)
+        progress.to_run += len(ids)
+        position = {sample_id: i + 1 for i, sample_id in enumerate(chunk.ids)}
+        for start in range(0, len(ids), batch_size):
+            batch = slice(start, start + batch_size)
+            labels = _labels(dataset, model, ids[batch], filepaths[batch], queries[batch], prompt_field)
+            lease.check()
+            if not queue.holds(chunk):  # this worker stalled and a peer took the chunk over: it writes these
+                break
+            _write(dataset, fields, ids[batch], labels)
+            queue.advance(chunk, position[ids[batch][-1]])
+            if time.perf_counter() - declared >= REDECLARE_SECONDS:
+                _declare_fields(dataset, fields)
+                declared = time.perf_counter()
+            _count(progress, labels, started)
+            yield progress
+        else:
+            queue.finish(chunk)
+            progress.run_done = queue.run_done()
+    if progress.done:
+        _declare_fields(dataset, fields)
+    progress.run_done = queue.run_done()
+    progress.seconds = round(time.perf_counter() - started, 3)
+    queue.report(progress.as_dict())
+    if queue.index == 0:
+        progress.final = queue.final_summary()
+    yield progress
+
+
+def _labels(dataset, model: SamVeteranModel, ids, filepaths, queries, prompt_field: str) -> list[dict]:
+    """The agent's labels for one batch (the ground truth read for a policy that reads it)."""
+    reads_truth = model.gt_field
+    if reads_truth and dataset.get_field(reads_truth) is None:
+        raise ValueError(f"the samples have no ground-truth field '{reads_truth}', which the simulated user "
+                         "(policy='oracle') reads: pass gt_field='<field>'")
+    truths = dataset.select(ids, ordered=True).values(reads_truth) if reads_truth else [None] * len(ids)
+    inputs = [prepare_input(path, query, prompt_field, ground_truth=truth, gt_field=reads_truth)
+              for path, query, truth in zip(filepaths, queries, truths)]
+    return run_inputs(model.agent, inputs)
+
+
+def _write(dataset, fields: dict[str, str], ids, labels: list[dict]) -> None:
+    for key in ("steps", "clicks", "mask"):  # the mask, which marks a sample done, last
+        dataset.set_values(fields[key], dict(zip(ids, (label[key] for label in labels))), key_field="id")
+
+
+def _count(progress: RunProgress, labels: list[dict], started: float) -> None:
+    progress.done += len(labels)
+    progress.failed += sum(label["mask"].end_reason == EndReason.INVALID_INPUT.value for label in labels)
+    progress.seconds = round(time.perf_counter() - started, 3)
 
 
 def _check_label_fields(dataset, fields: dict[str, str]) -> None:

@@ -8,7 +8,9 @@ sharded over several workers), each one a holder with its own heartbeat. Another
 holder is alive. A holder is dead when its heartbeat is older than `timeout` seconds, or at once when it ran on
 this host and its process is gone (a run killed here is taken over by the next run without waiting). Heartbeats
 are the database server's clock, so hosts with skewed clocks agree. A background thread renews this holder's
-heartbeat every `HEARTBEAT_SECONDS`; a holder that finds its lease taken over stops before its next write.
+heartbeat every `HEARTBEAT_SECONDS`; a holder that finds its lease taken over stops before its next write. The
+workers of a sharded run read each other's liveness here (`live_holders`) to take over a dead worker's chunks
+(`sharding.py`); the last one out clears its dead peers' entries and deletes the lease.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ class RunLeaseError(RuntimeError):
 
 class LeaseLostError(RuntimeError):
     """This run's lease was taken over (its heartbeat stopped for longer than the timeout)."""
+
+
+def describe(dataset, label_field: str) -> dict | None:
+    """The run holding `label_field` now: its id and each holder's host, pid, heartbeat age and liveness."""
+    current = _collection().find_one({"_id": f"{dataset._doc.id}/{label_field}"})
+    if current is None:
+        return None
+    now = _server_time()
+    return {"run_id": current["run_id"], "holders": [
+        {"host": h["host"], "pid": h["pid"], "heartbeat_age_s": round((now - h["heartbeat"]).total_seconds(), 1),
+         "alive": _alive(h, now, TIMEOUT_SECONDS)} for h in current["holders"].values()]}
 
 
 def _collection():
@@ -123,6 +136,12 @@ class RunLease:
                 return
         raise RunLeaseError(f"could not take the lease of {self.what}: other runs kept changing it")
 
+    def live_holders(self) -> set[str]:
+        """The holders of this run that are alive now (this one included while it beats)."""
+        current = _collection().find_one({"_id": self.key, "run_id": self.run_id}) or {"holders": {}}
+        now = _server_time()
+        return {name for name, holder in current["holders"].items() if _alive(holder, now, self.timeout)}
+
     def check(self) -> None:
         """Raise `LeaseLostError` if another run took the field over since the last heartbeat."""
         if self._lost.is_set():
@@ -130,12 +149,17 @@ class RunLease:
                                  f"{self.timeout:.0f} s); stopping before writing more")
 
     def release(self) -> None:
-        """Leave the lease; the last holder of the run deletes it."""
+        """Leave the lease and clear the entries of this run's dead workers; the last holder out deletes it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         leases = _collection()
         leases.update_one({"_id": self.key, "run_id": self.run_id}, {"$unset": {f"holders.{self.holder}": ""}})
+        current = leases.find_one({"_id": self.key, "run_id": self.run_id}) or {"holders": {}}
+        dead = set(current["holders"]) - self.live_holders()
+        if dead:
+            leases.update_one({"_id": self.key, "run_id": self.run_id},
+                              {"$unset": {f"holders.{name}": "" for name in dead}})
         leases.delete_one({"_id": self.key, "run_id": self.run_id, "holders": {}})
 
     def _beat(self) -> None:

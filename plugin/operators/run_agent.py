@@ -1,4 +1,8 @@
-"""SAM-Veteran: Run agent, the App form over `sam_veteran.run_agent` (resumable, per-batch writes, failures recorded)."""
+"""SAM-Veteran: Run agent, the App form over `sam_veteran.run_agent` (resumable, per-batch writes, failures recorded).
+
+With "workers" above 1 the operation queues that many shard operations of one run (`sharding.py`), one for each
+`fiftyone delegated launch` worker; each shows its own and the run's progress in the delegated-operations list.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..agent.prompts import family_names
-from ..defaults import (DECODINGS, DEFAULT_BATCH_SIZE, DEFAULT_DECODING, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD, DEFAULT_POLICY,
-                        DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
-from ..inference import RunProgress, iter_run_agent
+from ..defaults import (DECODINGS, DEFAULT_BATCH_SIZE, DEFAULT_DECODING, DEFAULT_GT_FIELD, DEFAULT_LABEL_FIELD,
+                        DEFAULT_POLICY, DEFAULT_PROMPT_FIELD, DEFAULT_SEGMENTER, MAX_NEW_TOKENS, SEGMENTER_HELP)
+from ..inference import RunProgress, ShardProgress, iter_run_agent
+from ..sharding import queue_shard_operations
 from ..labels import has_results, label_fields
 from .common import add_target_view, call_operator, execution_options, report_progress, target_view
 
@@ -24,8 +29,12 @@ def text_fields(dataset) -> list[str]:
 
 
 def progress_label(progress: RunProgress) -> str:
-    return (f"{progress.done}/{progress.to_run} samples written ({progress.failed} failed, "
-            f"{progress.skipped} already had results)")
+    label = (f"{progress.done}/{progress.to_run} samples written ({progress.failed} failed, "
+             f"{progress.skipped} already had results)")
+    if isinstance(progress, ShardProgress):
+        return (f"worker {progress.shard}: {label}; the run: {progress.run_done} of {progress.run_samples} samples in "
+                "finished chunks")
+    return label
 
 
 class RunSamVeteran(foo.Operator):
@@ -66,6 +75,9 @@ class RunSamVeteran(foo.Operator):
                                 "compiled; the first batch of each shape compiles)", view=types.DropdownView())
         inputs.bool("overwrite", default=False, label="Overwrite",
                     description="run again on samples that already have results (otherwise they are skipped)")
+        inputs.int("workers", default=1, min=1, label="Workers",
+                   description="above 1: queue that many delegated shard operations of one run, one for each "
+                               "`fiftyone delegated launch` worker (one per GPU)")
         label_field = ctx.params.get("label_field") or DEFAULT_LABEL_FIELD
         view = target_view(ctx)
         if not ctx.params.get("overwrite") and view.has_field(label_fields(label_field)["mask"]):
@@ -78,9 +90,16 @@ class RunSamVeteran(foo.Operator):
         return execution_options(ctx)
 
     def execute(self, ctx):
+        workers = ctx.params.get("workers") or 1
+        if workers > 1 and ctx.params.get("shard") is None:
+            queued = queue_shard_operations(self.uri, ctx.request_params, workers, self.config.label)
+            return {"queued": queued} if ctx.delegated else self._say_queued(ctx, queued)
         if ctx.delegated:
             return self._run(ctx)
         return self._stream(ctx)
+
+    def _say_queued(self, ctx, queued: list[str]):
+        yield from report_progress(ctx, 1.0, f"queued {len(queued)} shard operations for delegated workers")
 
     def _runs(self, ctx):
         p = ctx.params
@@ -93,7 +112,9 @@ class RunSamVeteran(foo.Operator):
                               batch_size=p.get("batch_size", DEFAULT_BATCH_SIZE), overwrite=p.get("overwrite", False),
                               max_new_tokens=p.get("max_new_tokens", MAX_NEW_TOKENS),
                               gt_field=p.get("gt_field", DEFAULT_GT_FIELD),
-                              decoding=p.get("decoding") or DEFAULT_DECODING, **policy_kwargs)
+                              decoding=p.get("decoding") or DEFAULT_DECODING,
+                              shard=tuple(p["shard"]) if p.get("shard") else None, run_id=p.get("run_id"),
+                              **policy_kwargs)
 
     def _run(self, ctx) -> dict:
         """Delegated: progress is stored on the operation; the summary is its result."""
@@ -111,9 +132,9 @@ class RunSamVeteran(foo.Operator):
     def __call__(self, sample_collection, policy: str = DEFAULT_POLICY, segmenter: str = DEFAULT_SEGMENTER,
                  label_field: str = DEFAULT_LABEL_FIELD, prompt_field: str = DEFAULT_PROMPT_FIELD,
                  max_steps: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False,
-                 max_new_tokens: int = MAX_NEW_TOKENS, family: str = AUTO_FAMILY, delegate: bool = False,
-                 decoding: str = DEFAULT_DECODING):
+                 max_new_tokens: int = MAX_NEW_TOKENS, family: str = AUTO_FAMILY, workers: int = 1,
+                 delegate: bool = False, decoding: str = DEFAULT_DECODING):
         params = {"policy": policy, "segmenter": segmenter, "label_field": label_field, "family": family,
                   "prompt_field": prompt_field, "max_steps": max_steps, "batch_size": batch_size,
-                  "overwrite": overwrite, "max_new_tokens": max_new_tokens, "decoding": decoding}
+                  "overwrite": overwrite, "max_new_tokens": max_new_tokens, "workers": workers, "decoding": decoding}
         return call_operator(self.uri, sample_collection, params, delegate)
