@@ -51,6 +51,8 @@ from ..rewards import box_iou, mask_box, mask_iou
 
 FAMILY: ModelFamily = FAMILIES["mini"]
 PROBE_LAYER = 2
+WRONG_BOX_SHARE = 0.4  # refinement items whose mask comes from another shape's box
+FAIR_IOU = 0.75  # ... when the mask's IoU is at least this
 MIN_CLICK_GAIN = 0.01  # the expert stops when the simulated user's next click would add less IoU than this
 POINTER_LAYER = 2  # reads the hidden states the probes shape (hidden_states[PROBE_LAYER])
 
@@ -222,15 +224,17 @@ def grounding_answer(scene: Scene, rng, noise: float, family: ModelFamily = FAMI
 def refinement_answer(scene: Scene, shown: np.ndarray, family: ModelFamily = FAMILY,
                       click_gain=None) -> str:
     """The simulated user's answer for the mask `shown`: its next click, or stop when the mask is good enough:
-    IoU at least `GOOD_ENOUGH_IOU`, or (given `click_gain`, the IoU a click would add) the click would not add
-    `MIN_CLICK_GAIN`: a small segmenter's masks rarely reach 0.9, and an expert that never stops teaches the
-    paper's failure mode."""
+    IoU at least `GOOD_ENOUGH_IOU`, or at least `FAIR_IOU` with a click that (given `click_gain`, the IoU a click
+    would add) would not add `MIN_CLICK_GAIN`. A small segmenter's masks rarely reach 0.9, and an expert that never
+    stops teaches the paper's failure mode; one that stops whenever a click fails to help would stop on wrong
+    objects too."""
     size = (scene.image.shape[1], scene.image.shape[0])
     gt = scene.mask > 0
-    if mask_iou(shown, gt) >= GOOD_ENOUGH_IOU:
+    iou = mask_iou(shown, gt)
+    if iou >= GOOD_ENOUGH_IOU:
         return expert_text("refine", scene.query)
     click = next_click(shown, gt)
-    if click is None or (click_gain is not None and click_gain(click) < MIN_CLICK_GAIN):
+    if click is None or (click_gain is not None and iou >= FAIR_IOU and click_gain(click) < MIN_CLICK_GAIN):
         return expert_text("refine", scene.query)
     xy = family.to_policy(click[0], size)
     return expert_text("refine", scene.query, positive=xy if click[1] else None, negative=None if click[1] else xy)
@@ -338,10 +342,13 @@ class ItemSource:
             refinement_answer(scene, shown, click_gain=gain), scene
 
     def shown_mask(self, scene: Scene, rng):
-        """A mask the agent may meet (the segmenter's from a noisy box, after 0-2 simulated clicks), and the IoU a
+        """A mask the agent may meet (the segmenter's from a noisy box of the target or, `WRONG_BOX_SHARE` of the
+        time, of another shape, as a policy's wrong guess gives; after 0-2 simulated clicks), and the IoU a
         further click would add to it."""
         gt = scene.mask > 0
-        box = np.asarray(mask_box(gt))
+        others = [s.mask for s in scene.shapes if s.mask.any() and not np.array_equal(s.mask, gt)]
+        boxed = others[int(rng.integers(len(others)))] if others and rng.random() < WRONG_BOX_SHARE else gt
+        box = np.asarray(mask_box(boxed))
         side = np.array([box[2] - box[0], box[3] - box[1]] * 2)
         box = box + rng.normal(0, rng.choice([0.03, 0.1, 0.2]), 4) * side
         box = [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]) + 1, max(box[1], box[3]) + 1]
