@@ -20,6 +20,7 @@ import fiftyone.operators.types as types
 from PIL import Image
 
 from ..agent.overlay import OverlayStyle, policy_view
+from ..defaults import DEFAULT_LABEL_FIELD
 from ..labels import HUMAN, agent_runs
 from ..refine import (continue_agent, default_models, policy_for, read_history, refine, refiner_for,
                       step_clicks)
@@ -52,8 +53,9 @@ class RefinePanel(foo.Panel):
     def on_reset(self, ctx):
         """Start the correction from another stored step (the history stays)."""
         value = ctx.params.get("value")
-        ctx.panel.state.set({"from_step": int(value) if value not in (None, "") else None, "pending": [],
-                             "message": f"Refining from step {value}."})
+        if value in (None, "") or int(value) == ctx.panel.state.from_step:
+            return  # the dropdown also reports its value when it is drawn again
+        ctx.panel.state.set({"from_step": int(value), "pending": [], "message": f"Refining from step {value}."})
         self._refresh(ctx)
 
     def on_toggle(self, ctx):
@@ -135,7 +137,7 @@ class RefinePanel(foo.Panel):
         runs = agent_runs(ctx.dataset)
         if not runs:
             raise ValueError("no agent run on this dataset: run SAM-Veteran: Run agent first")
-        run = ctx.panel.state.label_field if ctx.panel.state.label_field in runs else runs[0]
+        run = next(r for r in (ctx.panel.state.label_field, DEFAULT_LABEL_FIELD, runs[0]) if r in runs)
         ctx.panel.state.set({"runs": runs, "label_field": run})
         history = read_history(sample, run)
         from_step = ctx.panel.state.from_step
@@ -177,7 +179,7 @@ class RefinePanel(foo.Panel):
             panel.md(state.message, name="message")
         if state.steps_md:
             panel.md(state.steps_md, name="steps_md")
-        return types.Property(panel, view=types.GridView(orientation="vertical", padding=2, gap=2))
+        return types.Property(panel, view=types.GridView(orientation="vertical", columns=1, pad=2, gap=2))
 
 
 def _refiner():
