@@ -19,6 +19,8 @@ _EXPORTS = {
     "run_agent": "sam_veteran.plugin.inference",
     "iter_run_agent": "sam_veteran.plugin.inference",
     "trace_to_labels": "sam_veteran.plugin.labels",
+    "refine": "sam_veteran.plugin.refine",
+    "continue_agent": "sam_veteran.plugin.refine",
     "write_tiny_models": "sam_veteran.plugin.agent.tiny",
     "import_reasonseg": "sam_veteran.plugin.datasets",
     "import_refcoco": "sam_veteran.plugin.datasets",

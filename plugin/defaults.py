@@ -36,3 +36,8 @@ def cache_dir() -> Path:
     """Where SAM checkpoints, the demo's images and the tiny models live: ``$SAM_VETERAN_CACHE`` or
     ``~/.cache/sam_veteran``."""
     return Path(os.environ.get("SAM_VETERAN_CACHE", Path.home() / ".cache" / "sam_veteran"))
+
+# What `refine`, `continue_agent` and the App's refine panel load when told nothing else (environment variables
+# SAM_VETERAN_REFINE_SEGMENTER / SAM_VETERAN_REFINE_POLICY override them, e.g. for one App server; `refine.py`).
+REFINE_SEGMENTER = "mini"
+REFINE_POLICIES = ("mini", "oracle")  # the first one available: the shipped mini policy, else the simulated user

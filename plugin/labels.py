@@ -9,6 +9,16 @@ For a label field ``veteran`` a trace becomes three fields:
 - ``veteran_clicks``: `fo.Keypoints`, one per click, labelled ``positive`` or ``negative``, with `step`.
 Coordinates are relative ([0, 1]) as FiftyOne expects.
 
+Steps a person adds later (`refine.py`: the App's refine panel, `sam_veteran.refine`) and the agent's steps that
+continue from them (`sam_veteran.continue_agent`) are appended to the same two fields with two more attributes:
+- `source`: ``"human"`` for a person's click (one step per click, `action` ``positive`` or ``negative``, no
+  reasoning), ``"agent"`` for a continuing agent's step; the run's original steps carry none and count as the agent's;
+- `base_step`: the step whose state (box, clicks, low-resolution mask) it refined; absent means the step before it.
+  A correction that starts from an earlier step (reset in the panel) therefore branches off the history, which
+  keeps every earlier step.
+Their clicks are keypoints like the agent's, with the step they belong to. The mask label then holds the latest
+mask; after a person's correction its `end_reason` is ``"human"`` and `stopped_by_agent` is false.
+
 A sample the agent could not run on (unreadable image, missing query, an exception) gets `failure_labels`: a mask
 label with no mask, ``end_reason="invalid_input"`` and the reason in `error`, and no steps or clicks. Every other
 sample "has results" (`has_results`): re-runs skip it unless told to overwrite, and retry the failed ones.
@@ -25,11 +35,13 @@ import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
-from .agent.trace import EndReason, Trace
+from .agent.trace import EndReason, Step, Trace
 
 LABEL_KEYS = ("mask", "steps", "clicks")
 LABEL_TYPES = {"mask": fo.Segmentation, "steps": fo.Detections, "clicks": fo.Keypoints}
 FAILURES = (EndReason.PARSE_FAILURE, EndReason.INVALID_INPUT)  # the traces that end without the agent's own mask
+HUMAN = "human"  # `source` of a person's step, and the mask's `end_reason` after a person's correction
+AGENT = "agent"  # `source` of the agent's steps appended after a correction (the run's own steps carry none)
 
 
 @dataclass(frozen=True)
@@ -107,27 +119,55 @@ def trace_to_labels(trace: Trace) -> dict[str, fo.Label]:
     """The three labels of one trace, keyed ``mask``, ``steps`` and ``clicks``."""
     if trace.end_reason is EndReason.INVALID_INPUT:
         return failure_labels(trace.error or "invalid input")
-    width, height = trace.image_size
-    mask = fo.Segmentation(mask=trace.mask.astype(np.uint8), num_steps=trace.num_steps,
-                           stopped_by_agent=trace.stopped_by_agent,
-                           end_reason=trace.end_reason.value if trace.end_reason else None, error=trace.error)
-    steps = []
-    for step in trace.mask_steps:
-        x1, y1, x2, y2 = _union_box(step.box, step.mask)
-        steps.append(fo.Detection(
-            label=f"step {step.index}",
-            bounding_box=[x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height],
-            mask=step.mask[y1:y2, x1:x2].copy(),
-            confidence=step.score,
-            step=step.index,
-            action=step.action.value if step.action else None,
-            reasoning=step.reasoning,
-            prompt_box=_relative_box(step.box, width, height),
-            notes=list(step.notes),
-        ))
-    clicks = [fo.Keypoint(label="positive" if positive else "negative", points=[(x / width, y / height)], step=index)
-              for index, (x, y), positive in trace.clicks]
-    return {"mask": mask, "steps": fo.Detections(detections=steps), "clicks": fo.Keypoints(keypoints=clicks)}
+    steps = [step_detection(step, trace.image_size) for step in trace.mask_steps]
+    clicks = [keypoint for step in trace.mask_steps for keypoint in step_keypoints(step, trace.image_size)]
+    return {"mask": mask_label(trace, len(steps)), "steps": fo.Detections(detections=steps),
+            "clicks": fo.Keypoints(keypoints=clicks)}
+
+
+def mask_label(trace: Trace, num_steps: int, end_reason: str | None = None) -> fo.Segmentation:
+    """The mask label of a trace: its final mask, `num_steps` masks produced, why it ended (`end_reason` overrides
+    the trace's own, e.g. `HUMAN`)."""
+    reason = end_reason or (trace.end_reason.value if trace.end_reason else None)
+    return fo.Segmentation(mask=trace.mask.astype(np.uint8), num_steps=num_steps,
+                           stopped_by_agent=reason == EndReason.AGENT_STOPPED.value, end_reason=reason,
+                           error=trace.error)
+
+
+def step_detection(step: Step, image_size: tuple[int, int], **attributes) -> fo.Detection:
+    """One mask-producing step as a detection (see the module docstring); `attributes` such as `source` are added."""
+    width, height = image_size
+    x1, y1, x2, y2 = _union_box(step.box, step.mask)
+    return fo.Detection(
+        label=f"step {step.index}",
+        bounding_box=[x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height],
+        mask=step.mask[y1:y2, x1:x2].copy(),
+        confidence=step.score,
+        step=step.index,
+        action=step.action.value if step.action else None,
+        reasoning=step.reasoning,
+        prompt_box=_relative_box(step.box, width, height),
+        notes=list(step.notes),
+        **attributes,
+    )
+
+
+def step_keypoints(step: Step, image_size: tuple[int, int]) -> list[fo.Keypoint]:
+    """The clicks of one step, in the order the segmenter received them."""
+    width, height = image_size
+    return [fo.Keypoint(label="positive" if positive else "negative", points=[(x / width, y / height)], step=index)
+            for index, (x, y), positive in Trace("", image_size, [step]).clicks]
+
+
+def step_source(detection: fo.Detection) -> str:
+    """Who made a stored step: `HUMAN` or `AGENT` (the run's own steps carry no `source`)."""
+    return detection.get_field("source") if detection.has_field("source") and detection["source"] else AGENT
+
+
+def step_base(detection: fo.Detection, previous: int | None) -> int | None:
+    """The step a stored step refined (`base_step`), else `previous`, the step stored before it."""
+    base = detection.get_field("base_step") if detection.has_field("base_step") else None
+    return previous if base is None else int(base)
 
 
 def placed_crop(mask: np.ndarray, bounding_box, width: int, height: int) -> tuple[np.ndarray, int, int]:

@@ -112,6 +112,29 @@ class Agent:
                 state.trace.end_reason = EndReason.STEP_CAP
         return traces
 
+    def resume(self, item: AgentInput, trace: Trace, logits, embedding: Any = None, steps: int | None = None,
+               first_index: int | None = None) -> Trace:
+        """Continue `trace` (steps already taken, a person's corrections among them) with up to `steps` (default
+        `max_steps`) refinement steps from its last mask, through the same prompts, parsing and segmenter calls as
+        `run`. `logits` are the segmenter's low-resolution logits of that mask; new steps are numbered from
+        `first_index` (default: after the trace's last step)."""
+        image = as_rgb(item.image)
+        clicks = trace.clicks
+        state = _State(trace=trace, image=image, ground_truth=item.ground_truth,
+                       embedding=embedding if embedding is not None else self.segmenter.encode([image])[0],
+                       view=policy_view(image, self.family.input_size), box=trace.box,
+                       points=[point for _, point, _ in clicks], labels=[int(positive) for _, _, positive in clicks],
+                       logits=logits)
+        trace.end_reason = trace.error = None
+        start = trace.steps[-1].index + 1 if first_index is None else first_index
+        for index in range(start, start + (self.max_steps if steps is None else steps)):
+            if trace.ended:
+                break
+            self._refine([state], index)
+        if not trace.ended:
+            trace.end_reason = EndReason.STEP_CAP
+        return trace
+
     def _start(self, item: AgentInput) -> tuple[Trace, _State | None]:
         query = item.query if isinstance(item.query, str) else ""
         try:

@@ -1,6 +1,7 @@
 """FiftyOne operators and panels: thin wrappers over the SDK, one module each."""
 
 from ..panels.evaluation import EvaluationPanel
+from ..panels.refine import RefinePanel
 from .curation import TagFromEvaluation, Triage
 from .evaluate import Evaluate
 from .export import ExportReasonSeg, ExportRefer
@@ -10,7 +11,7 @@ from .train import TrainSamVeteran
 
 OPERATORS: list = [RunSamVeteran, ImportReasonSeg, ImportRefCoco, Evaluate, Triage, TagFromEvaluation, ExportReasonSeg, ExportRefer,
                    TrainSamVeteran]
-PANELS: list = [EvaluationPanel]
+PANELS: list = [EvaluationPanel, RefinePanel]
 
 
 def register(p) -> None:

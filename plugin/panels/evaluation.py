@@ -21,7 +21,7 @@ from ..metrics import get_convention
 
 NONE = "(none)"
 COLORS = ("#ff6d04", "#2b7bba")  # first and compared evaluation
-PLOT_HEIGHT = 260
+PLOT_HEIGHT = 300
 
 
 def reasonseg_evaluations(dataset) -> list[str]:
@@ -61,7 +61,8 @@ class EvaluationPanel(foo.Panel):
         chosen = list(dict.fromkeys(chosen))
         results = {k: ctx.dataset.load_evaluation_results(k) for k in chosen}
         ctx.panel.state.set({"keys": keys, "eval_key": key, "compare_key": compare,
-                             "summary": summary_markdown(results), "selection": None})
+                             "summary": summary_markdown(results), "selection": None,
+                             "last_step": max((len(r.step_curve()) - 1 for r in results.values()), default=0)})
         ctx.panel.data.set({"curve": curve_traces(results), "histogram": histogram_traces(results),
                             "stops": stop_traces(results)})
 
@@ -101,7 +102,7 @@ class EvaluationPanel(foo.Panel):
             panel.md("No SAM-Veteran evaluation on this dataset yet: run **SAM-Veteran: Evaluate** from the "
                      "operator browser, `sam_veteran.evaluate(dataset, \"veteran\")` or `sam-veteran eval`.",
                      name="empty")
-            return types.Property(panel, view=types.GridView(orientation="vertical", padding=2))
+            return types.Property(panel, view=types.GridView(orientation="vertical", columns=1, pad=2))
         pick = panel.h_stack("pick", align_x="left", gap=2)
         pick.enum("eval_key", keys, default=ctx.panel.state.eval_key, label="Evaluation",
                   view=types.DropdownView(), on_change=self.on_change_eval)
@@ -112,20 +113,31 @@ class EvaluationPanel(foo.Panel):
             row = panel.h_stack("selection_row", align_x="left", gap=2)
             row.md(f"Showing {ctx.panel.state.selection}", name="selection")
             row.btn("show_all", label="Show all samples", on_click=self.on_show_all)
+        last_step = ctx.panel.state.last_step or 0
+        panel.md("**IoU after each step (last mask carried forward)**", name="curve_title")
         panel.plot("curve", on_click=self.on_click_curve, layout=_layout(
-            "IoU after each step (last mask carried forward)", "step (0 = box)", "IoU", dtick=1, unit_range=True))
+            "step (0 = box)", "IoU", _step_axis(last_step, pad=0.15), unit_range=True))
+        panel.md("**Final IoU per sample**", name="histogram_title")
         panel.plot("histogram", on_click=self.on_click_histogram, layout=_layout(
-            "Final IoU per sample", "IoU", "samples"))
+            "IoU", "samples", {"range": [0, 1], "dtick": 0.2}))
+        panel.md("**Share of samples the agent stopped by itself, per step**", name="stops_title")
         panel.plot("stops", on_click=self.on_click_stops, layout=_layout(
-            "Agent stopped by itself after step", "step", "share of samples", dtick=1, unit_range=True))
-        return types.Property(panel, view=types.GridView(orientation="vertical", padding=2, gap=2))
+            "step (0 = box)", "share of samples", _step_axis(last_step, pad=0.5), unit_range=True))
+        return types.Property(panel, view=types.GridView(orientation="vertical", columns=1, pad=2, gap=2))
 
 
-def _layout(title: str, x_title: str, y_title: str, dtick: int | None = None, unit_range: bool = False) -> dict:
-    xaxis = {"title": {"text": x_title}, **({"dtick": dtick} if dtick else {})}
-    yaxis = {"title": {"text": y_title}, **({"range": [0, 1]} if unit_range else {})}
-    return {"title": {"text": title}, "height": PLOT_HEIGHT, "barmode": "group", "xaxis": xaxis, "yaxis": yaxis,
-            "margin": {"t": 40, "b": 40, "l": 50, "r": 10}}
+def _step_axis(last_step: int, pad: float) -> dict:
+    """An x axis over steps 0..last_step, one tick per step, starting at step 0 (bars need `pad` either side)."""
+    return {"range": [-pad, last_step + pad], "tick0": 0, "dtick": 1, "zeroline": False}
+
+
+def _layout(x_title: str, y_title: str, xaxis: dict, unit_range: bool = False) -> dict:
+    """A plot filling its panel's width (the title is the markdown line above it: markdown wraps, plotly clips);
+    the legend below the plot names each evaluation when two are compared."""
+    yaxis = {"title": {"text": y_title}, **({"range": [0, 1.05]} if unit_range else {})}
+    return {"height": PLOT_HEIGHT, "barmode": "group", "xaxis": {"title": {"text": x_title}, **xaxis},
+            "yaxis": yaxis, "showlegend": True, "legend": {"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"},
+            "margin": {"t": 10, "b": 10, "l": 50, "r": 10}}
 
 
 def _point(ctx) -> tuple[str, int]:
