@@ -2,8 +2,9 @@
 against a control with a learning rate of 0 and everything else equal (seed, scenes, prompts, sampling).
 
 The control makes the comparison exact: both runs generate the first step's rollouts from the same weights, so
-their first rewards agree; afterwards only the updates differ. Grounding items only, so eight steps see every
-prompt several times (two scenes, three items each, two prompts a step).
+their first rewards agree; afterwards only the updates differ. Mask items only (the task where the full run's
+gain was: deciding when to stop), so eight steps see every prompt several times (two scenes, three items each,
+two prompts a step). Grounding alone at lr 2e-4 broke the answer format within eight steps.
 """
 
 import json
@@ -13,7 +14,7 @@ import pytest
 from sam_veteran.trainer.mini.grpo import WARMUP_CHECKPOINT, GrpoStageConfig, train_grpo
 
 SHORT = {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 32,
-         "tasks.ratios": {"grounding": 1.0}, "tasks.policy_refresh_steps": 0, "save_steps": 100}
+         "tasks.ratios": {"mask": 1.0}, "tasks.policy_refresh_steps": 0, "save_steps": 100}
 
 
 def rewards(output) -> list[float]:
@@ -23,7 +24,7 @@ def rewards(output) -> list[float]:
 @pytest.mark.slow
 def test_a_short_grpo_run_raises_the_task_reward_over_an_lr0_control(tmp_path):
     runs = {}
-    for name, lr in (("trained", 2e-4), ("control", 0.0)):
+    for name, lr in (("trained", 1e-4), ("control", 0.0)):
         train_grpo(GrpoStageConfig(output=str(tmp_path / name), warmup=str(WARMUP_CHECKPOINT), steps=8, scenes=2,
                                    overrides={**SHORT, "learning_rate": lr}))
         runs[name] = rewards(tmp_path / name)
