@@ -61,6 +61,8 @@ BATCH = 8  # run_agent's default batch size
 class ReadyTraces:
     """An agent that answers at once with a box-click-stop trace (two masks, one click) for each image's size."""
 
+    policy = None  # no policy, so no ground truth to read (`SamVeteranModel.gt_field`)
+
     def __init__(self):
         ys, xs = np.mgrid[:HEIGHT, :WIDTH]
         self.first = ((xs - 150) / 90.0) ** 2 + ((ys - 110) / 60.0) ** 2 <= 1
