@@ -28,7 +28,7 @@ def front_page_commands() -> list[str]:
 
 def test_the_front_page_is_short_and_keeps_the_ci_blocks():
     assert len(README) < 8000
-    assert "sam-veteran demo --tiny" in block("setup") and "pytest" in block("test")
+    assert "sam-veteran demo --no-app" in block("setup") and "pytest" in block("test")
 
 
 def test_every_front_page_command_runs(tmp_path, capsys, monkeypatch):
@@ -36,8 +36,8 @@ def test_every_front_page_command_runs(tmp_path, capsys, monkeypatch):
     commands = front_page_commands()
     assert commands and all(line.startswith("sam-veteran ") for line in commands)
     for line in commands:
-        if line == "sam-veteran demo --tiny":
-            assert ".venv/bin/sam-veteran demo --tiny --no-app" in block("setup")  # .ci/run runs it
+        if line == "sam-veteran demo":
+            assert ".venv/bin/sam-veteran demo --no-app" in block("setup")  # .ci/run runs it
             continue
         assert main(shlex.split(line)[1:]) == 0, line
     assert (tmp_path / "plugins" / "sam-veteran").resolve() == REPO.resolve()
