@@ -13,7 +13,9 @@ the architecture and the agent untouched:
 - auxiliary losses while warming up only (linear probes, dropped afterwards): each image token's row and column
   from the language model's hidden state after `PROBE_LAYER` layers (Qwen2.5-VL's vision tower has rotary
   positions only, so absolute position must be built in the language model, from the image's start token), and
-  the colour and shape under each token from the vision tower's output;
+  the colour and shape under each token from the vision tower's output; and, weighted apart (`binding_weight`),
+  binding probes on each shape token at the same layer: is it the query's target, do its colour and its shape
+  occur in the query (`mention_labels`);
 - a pointer loss: one attention head of layer `POINTER_LAYER`, at the positions that predict a box coordinate, is
   asked to attend to the target's image tokens. Without it the read-out stays on a plateau (uniform attention
   makes the attended value the image's average, so nothing tells the head where to look): seen here for 900
@@ -22,8 +24,8 @@ the architecture and the agent untouched:
 
 The expert answers are what the agent itself must emit (the family's prompts, `policy_view`, `messages` and the
 chat template: what is trained is what runs): the grounding step answers the ground truth's box with a little
-noise; refinement steps answer the simulated user's click (`clicks.next_click`) or stop when the mask is good
-enough. Checkpoints (`state.pt`: model, probes, optimiser, step) make the run resumable; `policy/` is a
+noise; refinement steps (on the mini segmenter's masks from noisy boxes of the target or of another shape) answer
+the simulated user's click (`clicks.next_click`) or stop when the mask is good enough (`refinement_answer`). Checkpoints (`state.pt`: model, probes, optimiser, step) make the run resumable; `policy/` is a
 `from_pretrained` folder with its family recorded (`prompts.record_family`).
 """
 
