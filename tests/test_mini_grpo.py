@@ -1,5 +1,6 @@
-"""The mini policy's GRPO stage learns: a short run from the committed warm-up checkpoint, on the paper's rewards,
-against a control with a learning rate of 0 and everything else equal (seed, scenes, prompts, sampling).
+"""The mini policy's GRPO stage learns: a short run from the shipped mini policy (the repository keeps no separate
+warm-up checkpoint: the weights' budget), on the paper's rewards, against a control with a learning rate of 0 and
+everything else equal (seed, scenes, prompts, sampling).
 
 The control makes the comparison exact: both runs generate the first step's rollouts from the same weights, so
 their first rewards agree; afterwards only the updates differ. Mask items only (the task where the full run's
@@ -11,7 +12,8 @@ import json
 
 import pytest
 
-from sam_veteran.trainer.mini.grpo import WARMUP_CHECKPOINT, GrpoStageConfig, train_grpo
+from sam_veteran.plugin.agent.shipped import SHIPPED
+from sam_veteran.trainer.mini.grpo import GrpoStageConfig, train_grpo
 
 SHORT = {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 32,
          "tasks.ratios": {"mask": 1.0}, "tasks.policy_refresh_steps": 0, "save_steps": 100}
@@ -25,7 +27,7 @@ def rewards(output) -> list[float]:
 def test_a_short_grpo_run_raises_the_task_reward_over_an_lr0_control(tmp_path):
     runs = {}
     for name, lr in (("trained", 1e-4), ("control", 0.0)):
-        train_grpo(GrpoStageConfig(output=str(tmp_path / name), warmup=str(WARMUP_CHECKPOINT), steps=8, scenes=2,
+        train_grpo(GrpoStageConfig(output=str(tmp_path / name), warmup=str(SHIPPED["mini"]["policy"]), steps=8, scenes=2,
                                    overrides={**SHORT, "learning_rate": lr}))
         runs[name] = rewards(tmp_path / name)
         assert (tmp_path / name / "policy" / "sam_veteran.json").is_file()  # the agent loads it as a mini policy

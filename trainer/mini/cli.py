@@ -52,13 +52,14 @@ def run(args) -> int:
             metrics = train_segmenter(config)
             result = output / "segmenter.safetensors"
         elif stage == "grpo":
-            from .grpo import WARMUP_CHECKPOINT, GrpoStageConfig, train_grpo
+            from ...plugin.agent.shipped import SHIPPED
+            from .grpo import GrpoStageConfig, train_grpo
 
             segmenter = args.work / "segmenter" / "segmenter.safetensors"
             warmup = args.work / "policy" / "policy"
             if not warmup.is_dir():
-                print(f"no warm-up stage in {args.work}: starting from the repository's ({WARMUP_CHECKPOINT})")
-                warmup = WARMUP_CHECKPOINT
+                warmup = SHIPPED["mini"]["policy"]
+                print(f"no warm-up stage in {args.work}: going on from the shipped mini policy ({warmup})")
             config = GrpoStageConfig(output=str(output), warmup=str(warmup),
                                      variant=args.variant, steps=args.steps,
                                      segmenter=str(segmenter) if segmenter.exists() else "mini")

@@ -18,10 +18,9 @@ import numpy as np
 
 from ..config import CONFIG_DIR, apply_overrides, load_config
 from ..rewards import GROUNDING, MASK
-from .policy import export_policy, save_policy
+from .policy import save_policy
 
 GRPO_CONFIG = CONFIG_DIR / "mini.yaml"
-WARMUP_CHECKPOINT = Path(__file__).parent / "warmup" / "policy-state.pt"  # the committed warm-up (compact)
 VARIANTS: dict[str, dict] = {
     "full": {},
     "no_auxiliary": {"tasks.ratios": {GROUNDING: 0.5, MASK: 0.5}},
@@ -33,7 +32,7 @@ VARIANTS: dict[str, dict] = {
 @dataclass
 class GrpoStageConfig:
     output: str
-    warmup: str  # the warm-up stage's policy folder, or a stage checkpoint (.pt, e.g. `WARMUP_CHECKPOINT`)
+    warmup: str  # the policy folder to start from: the warm-up stage's (or the shipped mini policy, to go on)
     variant: str = "full"
     steps: int | None = None  # default: the YAML's max_steps
     scenes: int = 96  # training scenes (each gives `tasks.items_per_sample` task items)
@@ -63,8 +62,6 @@ def train_grpo(config: GrpoStageConfig) -> dict:
 
     output = Path(config.output)
     warmup = Path(config.warmup)
-    if warmup.suffix == ".pt" and warmup.is_file():
-        warmup = export_policy(warmup, output / "warmup")
     if not (warmup / "config.json").is_file():
         raise FileNotFoundError(f"no warm-up policy in {config.warmup}: run `sam-veteran mini train --stage policy`")
     started = time.time()

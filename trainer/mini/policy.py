@@ -501,16 +501,6 @@ def compact_checkpoint(state_path: Path, target: Path) -> None:
     torch.save({**half, "step": state["step"], "elapsed": state["elapsed"]}, target)
 
 
-def export_policy(state_path: Path, directory: Path) -> Path:
-    """A `from_pretrained` policy folder from a stage checkpoint (full or compact): what the GRPO stage starts from
-    when only the repository's compact warm-up checkpoint is at hand."""
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    model, processor = build_policy()
-    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
-    save_policy(model, processor, Path(directory))
-    return Path(directory)
-
-
 def train_policy(config: PolicyTrainConfig) -> dict[str, float]:
     """Warm up (or resume) the mini policy; returns the last evaluation. Progress goes to metrics.jsonl."""
     torch.set_num_threads(config.threads)
