@@ -11,14 +11,7 @@ from sam_veteran.plugin.agent.policy import CACHE_BUCKET, batch_bucket, cache_bu
 from sam_veteran.plugin.defaults import DECODINGS, DEFAULT_DECODING
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as the benchmarks use: two threads on this shared 2-core machine make small ops many times
-    slower (`bench/README.md`)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 QUERIES = ["cat", "the dog on the left of the red sofa", "x", "what holds the books on the second shelf?", "a cup"]
 

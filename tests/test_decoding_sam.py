@@ -15,14 +15,7 @@ from sam_veteran.plugin.scenes import make_scenes
 from scripted import ScriptedPolicy, box_answer, click_answer
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as the benchmarks use: two threads on this shared 2-core machine make small ops many times
-    slower (`bench/README.md`)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
