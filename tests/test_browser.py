@@ -1,7 +1,10 @@
-"""The FiftyOne App in a real browser: find *SAM-Veteran: Run agent* in the operator browser, run it, see the new fields.
+"""The FiftyOne App in a real browser: find *SAM-Veteran: Run agent* in the operator browser, run it, see the new
+fields; correct a mask in the refine panel, save it and let the agent continue; the evaluation panel's layout at two
+window sizes.
 
-Debian's Chromium driven by Playwright (never `playwright install`: it downloads). Screenshots go to
-test-artifacts/browser/. With CI=true a missing Chromium fails the test; elsewhere it is skipped with the reason.
+Debian's Chromium driven by Playwright (never `playwright install`: it downloads). One App server and one browser
+serve every test of the module. Screenshots go to test-artifacts/browser/. With CI=true a missing Chromium fails
+the test; elsewhere it is skipped with the reason.
 """
 
 import os
@@ -15,12 +18,17 @@ from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.server.main
+import numpy as np
 import pytest
 
 from sam_veteran.plugin.agent import Agent, AgentConfig, OraclePolicy, load_segmenter
+from sam_veteran.plugin.agent.clicks import next_click
 from sam_veteran.plugin.demo import build_demo_dataset
+from sam_veteran.plugin.evaluation import evaluate
 from sam_veteran.plugin.inference import run_agent
+from sam_veteran.plugin.labels import AGENT, HUMAN, placed_crop
 from sam_veteran.plugin.model import SamVeteranModel
+from sam_veteran.plugin.refine import POLICY_ENV
 
 pytestmark = pytest.mark.browser
 
@@ -40,28 +48,30 @@ def chromium() -> Path:
     pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (Debian's build; never `playwright install`)")
 
 
-@pytest.fixture
-def scenes(tmp_path):
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
     """Four demo scenes with real results under `veteran`: the simulated user (the ground truth's box, then the
     protocol's clicks) driving the shipped mini segmenter."""
     name = f"browser-scenes-{uuid.uuid4().hex[:8]}"  # the database may be shared with other test sessions
-    dataset = build_demo_dataset(tmp_path / "scenes", num_samples=4, name=name)
+    dataset = build_demo_dataset(tmp_path_factory.mktemp("scenes"), num_samples=4, name=name)
     agent = Agent(OraclePolicy(stop_iou=0.95), load_segmenter("mini", device="cpu"), AgentConfig(max_steps=2))
     run_agent(dataset, SamVeteranModel(agent=agent))
     yield dataset
     dataset.delete()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def app_url(installed_plugin, scenes):
-    """The App server on a free local port, ended by its PID."""
+    """The App server on a free local port, ended by its PID. Its refine panel's policy is the simulated user
+    (`refine.POLICY_ENV`), which reads the scenes' ground truth."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "app-server.log", "w")
     server = subprocess.Popen([sys.executable, fiftyone.server.main.__file__, "--port", str(port),
-                               "--address", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT)
+                               "--address", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, POLICY_ENV: "oracle"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -84,52 +94,186 @@ def app_url(installed_plugin, scenes):
         log.close()
 
 
-def test_run_sam_veteran_from_the_operator_browser(chromium, app_url, scenes, tiny_models):
+@pytest.fixture(scope="module")
+def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.add_init_script("localStorage.setItem('fiftyone-enterprise-tooltip-seen', 'true')")
-            page.goto(f"{app_url}/datasets/{scenes.name}")
-            page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
-            for field in ("veteran_mask", "veteran_steps", "veteran_clicks"):
-                page.get_by_text(field, exact=True).wait_for()
-            page.screenshot(path=ARTIFACTS / "01-grid-with-agent-results.png")
-
-            page.locator("[data-cy=fo-grid] [data-cy=looker] canvas").first.click()
-            page.wait_for_timeout(2500)
-            page.screenshot(path=ARTIFACTS / "02-sample-steps-and-clicks.png")
-            page.keyboard.press("Escape")
-
-            page.click("[data-cy=action-browse-operations]")
-            page.fill("[data-cy=operators-browser-search]", "SAM-Veteran: Run agent")
-            page.locator("[data-cy=operators-browser]").get_by_text("SAM-Veteran: Run agent").first.wait_for()
-            page.keyboard.press("Enter")
-            form = page.locator("[data-cy=operators-prompt-modal]")
-            form.wait_for(timeout=20_000)
-            form.locator('input[value="veteran"]').fill("tiny")
-            form.locator('input[value="Qwen/Qwen2.5-VL-7B-Instruct"]').fill(str(tiny_models["policy-qwen2_5_vl"]))
-            form.locator('input[value="vit_h"]').fill(str(tiny_models["segmenter"]))
-            form.locator('input[type=number]').first.fill("1")  # max steps: empty = the family's default
-            form.locator('input[value="512"]').fill("16")
-            page.screenshot(path=ARTIFACTS / "03-operator-form.png")
-            form.get_by_role("button", name="Execute").click()
-
-            page.get_by_text("4/4 samples written (0 failed, 0 already had results)").wait_for(timeout=90_000)
-            page.screenshot(path=ARTIFACTS / "04-progress.png")
-            page.get_by_role("button", name="Done").click()
-            for field in ("tiny_mask", "tiny_steps", "tiny_clicks"):  # the App reloaded the dataset
-                page.get_by_text(field, exact=True).wait_for(timeout=20_000)
-            page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas")
-            page.wait_for_timeout(1000)
-            page.screenshot(path=ARTIFACTS / "05-new-fields.png")
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def new_page(browser):
+    """A page of the given viewport size, the App's promotional popover dismissed; closed after the test."""
+    pages = []
+
+    def make(width: int = 1400, height: int = 900):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.add_init_script("localStorage.setItem('fiftyone-enterprise-tooltip-seen', 'true')")
+        pages.append(page)
+        return page
+
+    yield make
+    for page in pages:
+        page.close()
+
+
+def test_run_sam_veteran_from_the_operator_browser(new_page, app_url, scenes, tiny_models):
+    page = new_page()
+    page.goto(f"{app_url}/datasets/{scenes.name}")
+    page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
+    for field in ("veteran_mask", "veteran_steps", "veteran_clicks"):
+        page.get_by_text(field, exact=True).wait_for()
+    page.screenshot(path=ARTIFACTS / "01-grid-with-agent-results.png")
+
+    page.locator("[data-cy=fo-grid] [data-cy=looker] canvas").first.click()
+    page.wait_for_timeout(2500)
+    page.screenshot(path=ARTIFACTS / "02-sample-steps-and-clicks.png")
+    page.keyboard.press("Escape")
+
+    page.click("[data-cy=action-browse-operations]")
+    page.fill("[data-cy=operators-browser-search]", "SAM-Veteran: Run agent")
+    page.locator("[data-cy=operators-browser]").get_by_text("SAM-Veteran: Run agent").first.wait_for()
+    page.keyboard.press("Enter")
+    form = page.locator("[data-cy=operators-prompt-modal]")
+    form.wait_for(timeout=20_000)
+    form.locator('input[value="veteran"]').fill("tiny")
+    form.locator('input[value="Qwen/Qwen2.5-VL-7B-Instruct"]').fill(str(tiny_models["policy-qwen2_5_vl"]))
+    form.locator('input[value="vit_h"]').fill(str(tiny_models["segmenter"]))
+    form.locator('input[type=number]').first.fill("1")  # max steps: empty = the family's default
+    form.locator('input[value="512"]').fill("16")
+    page.screenshot(path=ARTIFACTS / "03-operator-form.png")
+    form.get_by_role("button", name="Execute").click()
+
+    page.get_by_text("4/4 samples written (0 failed, 0 already had results)").wait_for(timeout=90_000)
+    page.screenshot(path=ARTIFACTS / "04-progress.png")
+    page.get_by_role("button", name="Done").click()
+    for field in ("tiny_mask", "tiny_steps", "tiny_clicks"):  # the App reloaded the dataset
+        page.get_by_text(field, exact=True).wait_for(timeout=20_000)
+    page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas")
+    page.wait_for_timeout(1000)
+    page.screenshot(path=ARTIFACTS / "05-new-fields.png")
 
     scenes.reload()
     assert scenes.exists("tiny_mask").count() == 4
     assert all(m.mask.shape == (s.metadata.height, s.metadata.width)
                for s, m in zip(scenes, scenes.values("tiny_mask")))
     assert isinstance(scenes.get_field("tiny_steps").document_type(), fo.Detections)
+
+
+def _full_mask(detection, width, height):
+    crop, x, y = placed_crop(np.asarray(detection.mask, dtype=bool), detection.bounding_box, width, height)
+    full = np.zeros((height, width), dtype=bool)
+    full[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+    return full
+
+
+def test_correct_a_mask_in_the_refine_panel_and_let_the_agent_continue(new_page, app_url, scenes):
+    """The sample the agent did worst on; the click is the simulated user's (the largest error's interior), so the
+    agent (the simulated user, stopping at IoU 0.9) still has work to do after it."""
+    def iou(sample):
+        gt, mask = sample.ground_truth.mask > 0, sample.veteran_mask.mask > 0
+        return np.count_nonzero(gt & mask) / np.count_nonzero(gt | mask)
+
+    sample = min(scenes, key=iou)
+    width, height = sample.metadata.width, sample.metadata.height
+    before = _full_mask(sample.veteran_steps.detections[-1], width, height)
+    (x, y), positive = next_click(before, sample.ground_truth.mask > 0)
+    stored = len(sample.veteran_steps.detections)
+
+    page = new_page()
+    page.goto(f"{app_url}/datasets/{scenes.name}")
+    panel = page.locator("[data-cy=panel-content-sam_veteran_refine]")
+    image = panel.locator(".js-plotly-plot .nsewdrag").first
+    try:
+        page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
+        if page.locator("[data-cy=modal]").count():
+            page.keyboard.press("Escape")
+        page.locator("[data-cy=fo-grid] [data-cy=looker]").nth(scenes.values("id").index(sample.id)).click()
+        page.click("[data-cy=panel-tab-sam_veteran_refine]", timeout=60_000)
+        image.wait_for(timeout=60_000)
+        panel.get_by_text(f"{stored - 1} ◀").wait_for()
+        panel.get_by_text(sample.query).wait_for()
+    finally:
+        page.screenshot(path=ARTIFACTS / "06-refine-open.png")
+    if not positive:
+        panel.get_by_text("Positive click").click()
+        panel.locator("input[type=checkbox]:not(:checked)").first.wait_for()
+    area = image.bounding_box()
+    at = (area["x"] + x / width * area["width"], area["y"] + y / height * area["height"])
+    page.mouse.move(*at)  # plotly reports a click on the point it hovers
+    page.wait_for_timeout(300)
+    page.mouse.click(*at)
+    panel.get_by_text(f"{stored} (unsaved)").wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=ARTIFACTS / "07-refine-click.png")
+
+    panel.get_by_role("button", name="Save").click()
+    panel.get_by_text("Saved 1 human step.").wait_for(timeout=30_000)
+    page.screenshot(path=ARTIFACTS / "08-refine-saved.png")
+    sample.reload()
+    steps = sample.veteran_steps.detections
+    assert len(steps) == stored + 1 and steps[-1].source == HUMAN
+    assert steps[-1].action == ("positive" if positive else "negative")
+    (cx, cy), = sample.veteran_clicks.keypoints[-1].points
+    assert abs(cx * width - x) <= 1 and abs(cy * height - y) <= 1  # the panel's click cells: 1 px on these scenes
+    after = _full_mask(steps[-1], width, height)
+    r, px, py = 16, int(x), int(y)
+    assert np.count_nonzero((after ^ before)[max(py - r, 0) : py + r, max(px - r, 0) : px + r]) > 0
+
+    panel.get_by_role("button", name="Let the agent continue").click()
+    panel.get_by_text("The agent (oracle) added").wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=ARTIFACTS / "09-refine-continued.png")
+    sample.reload()
+    added = sample.veteran_steps.detections[stored + 1 :]
+    assert added and all(d.source == AGENT for d in added) and added[0].base_step == stored
+    assert sample.veteran_mask.end_reason in ("agent_stopped", "step_cap")
+
+
+LAYOUT_JS = """() => {
+    const split = document.querySelector('[data-cy=panel-content-sam_veteran_evaluation]').getBoundingClientRect();
+    const plots = [...document.querySelectorAll('[data-cy=panel-content-sam_veteran_evaluation] .js-plotly-plot')];
+    const titles = [...document.querySelectorAll('[data-cy=panel-content-sam_veteran_evaluation] strong')];
+    return {split: [split.left, split.right], widths: plots.map(p => p.getBoundingClientRect().width),
+            plotTitles: plots.map(p => p.querySelectorAll('.gtitle').length),
+            titles: titles.map(t => { const r = t.getBoundingClientRect(), box = t.parentElement;
+                return {text: t.textContent, left: r.left, right: r.right, clipped: box.scrollWidth > box.clientWidth}; }),
+            firstTicks: plots.map(p => (p.querySelector('.xtick text') || {}).textContent),
+            legends: plots.map(p => [...p.querySelectorAll('.legendtext')].map(t => t.textContent))};
+}"""
+
+
+@pytest.mark.parametrize("size", [(1400, 900), (1000, 760)], ids=["default", "narrow"])
+def test_the_evaluation_panel_fills_its_split(new_page, app_url, scenes, size):
+    if "zero" not in scenes.list_evaluations():
+        evaluate(scenes, "veteran", eval_key="eval")
+        evaluate(scenes, "veteran", eval_key="zero", protocol="empty_zero")
+    page = new_page(*size)
+    page.goto(f"{app_url}/datasets/{scenes.name}")
+    page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
+    if page.locator("[data-cy=modal]").count():
+        page.keyboard.press("Escape")
+    panel = page.locator("[data-cy=panel-content-sam_veteran_evaluation]")
+    if not panel.count():
+        page.click("[data-cy=new-panel-btn]")
+        page.click("[data-cy=new-panel-option-sam_veteran_evaluation]")
+    panel.locator(".js-plotly-plot").nth(2).wait_for(timeout=60_000)
+    panel.get_by_role("combobox").nth(1).click()  # compare with the second evaluation
+    page.get_by_role("option", name="zero", exact=True).click()
+    panel.get_by_text("zero at this step").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=ARTIFACTS / f"10-evaluation-panel-{size[0]}x{size[1]}.png")
+
+    layout = page.evaluate(LAYOUT_JS)
+    left, right = layout["split"]
+    assert len(layout["widths"]) == 3 and all(w >= 0.9 * (right - left) for w in layout["widths"]), layout
+    assert layout["plotTitles"] == [0, 0, 0] and len(layout["titles"]) >= 3, layout
+    for title in layout["titles"]:
+        assert not title["clipped"] and left <= title["left"] and title["right"] <= right, title
+    assert layout["firstTicks"][0] == "0" and layout["firstTicks"][2] == "0", layout
+    assert {"eval gIoU", "zero gIoU"} <= set(layout["legends"][0]), layout

@@ -187,9 +187,12 @@ def _panel(dataset, method, state, sample_id, **params):
 
 
 def test_the_panel_refines_saves_and_continues(scenes, monkeypatch):
+    """Each event gets the panel's state as it was after loading, as the App sends it to a modal panel: what a
+    person is doing survives in the server's editing record."""
     monkeypatch.setenv(POLICY_ENV, "oracle")
     sample = scenes.first()
-    state, requests = _panel(scenes, "on_load", {}, sample.id)
+    loaded, requests = _panel(scenes, "on_load", {}, sample.id)
+    state = dict(loaded)
     assert state["error"] is None and state["from_step"] == 2 and "| 2 ◀ | agent | positive" in state["steps_md"]
     figure = {k: v for patch in requests["patch_panel_data"] for k, v in patch["data"].items()}["figure"]
     assert figure[0]["type"] == "heatmap" and figure[0]["x0"] == 0.5 and len(figure[0]["z"]) == sample.metadata.height
@@ -197,23 +200,38 @@ def test_the_panel_refines_saves_and_continues(scenes, monkeypatch):
     assert '"figure"' in json.dumps(requests["show_panel_output"][-1]["output"])
 
     x, y = _centre(sample.ground_truth.mask > 0)
-    state, _ = _panel(scenes, "on_toggle", state, sample.id, value=False)
-    state, _ = _panel(scenes, "on_click_image", state, sample.id, x=x, y=y)
-    state, _ = _panel(scenes, "on_click_image", state, sample.id, x=x + 3, y=y)
+    state, _ = _panel(scenes, "on_toggle", dict(loaded), sample.id, value=False)
+    state, _ = _panel(scenes, "on_click_image", dict(loaded), sample.id, x=x, y=y)
+    state, _ = _panel(scenes, "on_click_image", dict(loaded), sample.id, x=x + 3, y=y)
     assert [p[2] for p in state["pending"]] == [False, False] and "3 (unsaved) | human | negative" in state["steps_md"]
-    state, _ = _panel(scenes, "on_undo", state, sample.id)
-    state, requests = _panel(scenes, "on_save", state, sample.id)
+    state, _ = _panel(scenes, "on_undo", dict(loaded), sample.id)
+    state, requests = _panel(scenes, "on_save", dict(loaded), sample.id)
     assert state["pending"] == [] and state["message"] == "Saved 1 human step." and "reload_samples" in requests
     sample.reload()
     assert sample.veteran_steps.detections[-1].source == HUMAN
 
-    state, _ = _panel(scenes, "on_continue", state, sample.id)
+    state, _ = _panel(scenes, "on_continue", dict(loaded), sample.id)
     assert state["message"].startswith("The agent (oracle) added") and state["error"] is None
     sample.reload()
     assert sample.veteran_mask.end_reason in ("agent_stopped", "step_cap")
 
-    state, _ = _panel(scenes, "on_reset", state, sample.id, value="0")
+    state, _ = _panel(scenes, "on_reset", dict(loaded), sample.id, value="0")
     assert state["from_step"] == 0 and "| 0 ◀ |" in state["steps_md"]
+
+
+def test_the_panel_keeps_each_samples_correction_apart(scenes, monkeypatch):
+    """Unsaved clicks belong to the sample they were made on; the dropdown's echo of the step it shows, sent when
+    it is drawn again, neither restarts the correction nor blanks the panel."""
+    monkeypatch.setenv(POLICY_ENV, "oracle")
+    first, second = scenes.first(), scenes.skip(1).first()
+    loaded, _ = _panel(scenes, "on_load", {}, first.id)
+    x, y = _centre(first.ground_truth.mask > 0)
+    state, _ = _panel(scenes, "on_click_image", dict(loaded), first.id, x=x, y=y)
+    shown = state["from_step"]
+    state, requests = _panel(scenes, "on_reset", dict(loaded), first.id, value=str(shown))
+    assert len(state["pending"]) == 1 and "(unsaved)" in state["steps_md"] and "patch_panel_data" in requests
+    state, _ = _panel(scenes, "on_change_current_sample", dict(loaded), second.id)
+    assert state["pending"] == [] and state["message"] is None and "(unsaved)" not in state["steps_md"]
 
 
 def test_the_panel_shows_errors_instead_of_going_blank(scenes):

@@ -108,10 +108,10 @@ class EvaluationPanel(foo.Panel):
                   view=types.DropdownView(), on_change=self.on_change_eval)
         pick.enum("compare_key", [NONE, *keys], default=ctx.panel.state.compare_key or NONE, label="Compare with",
                   view=types.DropdownView(), on_change=self.on_change_compare)
-        panel.md(ctx.panel.state.summary or "", name="summary")
+        panel.md(ctx.panel.state.summary or "", name="summary_text")
         if ctx.panel.state.selection:
             row = panel.h_stack("selection_row", align_x="left", gap=2)
-            row.md(f"Showing {ctx.panel.state.selection}", name="selection")
+            row.md(f"Showing {ctx.panel.state.selection}", name="selection_text")
             row.btn("show_all", label="Show all samples", on_click=self.on_show_all)
         last_step = ctx.panel.state.last_step or 0
         panel.md("**IoU after each step (last mask carried forward)**", name="curve_title")

@@ -4,9 +4,14 @@
 The image is drawn as the policy sees it (the mask painted in the agent's overlay style) under a transparent
 heatmap that catches clicks: a click reports the heatmap cell's centre, in pixels of the original image, so on an
 image wider than `CLICK_CELLS` pixels a click lands on a grid of ``ceil(width / CLICK_CELLS)`` pixels. The box
-and the clicks so far are drawn on top. The panel's state holds only the run, the step the correction starts
-from and the clicks not yet saved; every event replays them on the segmenter (one image embedding per sample,
-cached in the App server process, with the models `default_models()` names, loaded once).
+and the clicks so far are drawn on top. Every event replays the correction on the segmenter (one image embedding
+per sample, cached in the App server process, with the models `default_models()` names, loaded once).
+
+What a person is doing (the run, the step the correction starts from, the clicks not yet saved, the click sign)
+lives in an `Editing` record in the App server process, found through a token kept in the panel's state. The
+panel's own state cannot hold it: in a modal panel the App sends each event the state as it was when the panel
+loaded, so anything an event writes there is lost by the next event (seen in Chromium with FiftyOne 1.22). For
+the same reason every event redraws: the App renders the panel from the state the event ends with.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from __future__ import annotations
 import base64
 import io
 import math
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -30,6 +38,44 @@ DISPLAY_SIDE = 768  # the longest side of the picture sent to the browser
 FIGURE_HEIGHT = 460
 POSITIVE_COLOR, NEGATIVE_COLOR, BOX_COLOR = "#00c853", "#ff1744", "#ff6d04"
 REASONING_CHARS = 160
+EDITINGS_KEPT = 64  # panels' editing records an App server keeps, most recently used
+
+
+@dataclass
+class Editing:
+    """One panel's correction in progress on one sample."""
+
+    sample_id: str | None = None
+    label_field: str | None = None
+    from_step: int | None = None  # None: the run's last stored step
+    pending: list[tuple[float, float, bool]] = field(default_factory=list)  # clicks not yet saved, image pixels
+    positive: bool = True
+    message: str | None = None
+    shown_step: int | None = None  # the step the panel shows the correction starting from
+
+    def restart(self, sample_id: str | None) -> None:
+        """A new sample (or the same one afresh): no correction in progress; the run and the click sign stay."""
+        self.sample_id, self.from_step, self.pending, self.message = sample_id, None, [], None
+
+
+_editings: OrderedDict[str, Editing] = OrderedDict()
+
+
+def editing_for(ctx) -> Editing:
+    """The panel's editing record: created at load (or when the server lost it), restarted when the modal moved
+    to another sample."""
+    token = ctx.panel.state.editing
+    if token not in _editings:
+        token = uuid.uuid4().hex
+        ctx.panel.state.editing = token
+        _editings[token] = Editing()
+    _editings.move_to_end(token)
+    while len(_editings) > EDITINGS_KEPT:
+        _editings.popitem(last=False)
+    editing = _editings[token]
+    if editing.sample_id != ctx.current_sample:
+        editing.restart(ctx.current_sample)
+    return editing
 
 
 class RefinePanel(foo.Panel):
@@ -41,38 +87,43 @@ class RefinePanel(foo.Panel):
                                "continue from the corrected mask.")
 
     def on_load(self, ctx):
-        self._start(ctx)
+        ctx.panel.state.editing = None  # a fresh record for a panel opened anew
+        editing_for(ctx)
+        self._refresh(ctx)
 
     def on_change_current_sample(self, ctx):
-        self._start(ctx)
+        editing_for(ctx)
+        self._refresh(ctx)
 
     def on_change_run(self, ctx):
-        ctx.panel.state.set({"label_field": ctx.params.get("value"), "from_step": None, "pending": []})
+        editing = editing_for(ctx)
+        if ctx.params.get("value") and ctx.params["value"] != editing.label_field:
+            editing.restart(editing.sample_id)
+            editing.label_field = ctx.params["value"]
         self._refresh(ctx)
 
     def on_reset(self, ctx):
         """Start the correction from another stored step (the history stays)."""
-        value = ctx.params.get("value")
-        if value in (None, "") or int(value) == ctx.panel.state.from_step:
-            return  # the dropdown also reports its value when it is drawn again
-        ctx.panel.state.set({"from_step": int(value), "pending": [], "message": f"Refining from step {value}."})
+        editing, value = editing_for(ctx), ctx.params.get("value")
+        if value not in (None, "") and int(value) != editing.shown_step:  # the dropdown also reports its value
+            editing.from_step, editing.pending = int(value), []               # when it is drawn again
+            editing.message = f"Refining from step {value}."
         self._refresh(ctx)
 
     def on_toggle(self, ctx):
-        ctx.panel.state.positive = bool(ctx.params.get("value"))
+        editing_for(ctx).positive = bool(ctx.params.get("value"))
         self._refresh(ctx)
 
     def on_click_image(self, ctx):
-        x, y = ctx.params.get("x"), ctx.params.get("y")
-        if x is None or y is None:
-            return
-        positive = ctx.panel.state.positive is not False
-        ctx.panel.state.set({"pending": [*(ctx.panel.state.pending or []), [float(x), float(y), positive]],
-                             "message": f"{'Positive' if positive else 'Negative'} click at ({x:g}, {y:g})."})
+        editing, x, y = editing_for(ctx), ctx.params.get("x"), ctx.params.get("y")
+        if x is not None and y is not None:
+            editing.pending.append((float(x), float(y), editing.positive))
+            editing.message = f"{'Positive' if editing.positive else 'Negative'} click at ({x:g}, {y:g})."
         self._refresh(ctx)
 
     def on_undo(self, ctx):
-        ctx.panel.state.set({"pending": (ctx.panel.state.pending or [])[:-1], "message": "Last click undone."})
+        editing = editing_for(ctx)
+        editing.pending, editing.message = editing.pending[:-1], "Last click undone."
         self._refresh(ctx)
 
     def on_save(self, ctx):
@@ -81,72 +132,66 @@ class RefinePanel(foo.Panel):
     def on_continue(self, ctx):
         self._guarded(ctx, self._continue)
 
-    def _start(self, ctx) -> None:
-        ctx.panel.state.set({"sample_id": ctx.current_sample, "from_step": None, "pending": [], "message": None,
-                             "positive": ctx.panel.state.positive is not False})
-        self._refresh(ctx)
-
     def _guarded(self, ctx, action) -> None:
+        editing = editing_for(ctx)
         try:
-            ctx.panel.state.message = action(ctx)
+            editing.message = action(ctx, editing)
         except Exception as exc:  # shown in the panel: it never goes blank
-            ctx.panel.state.error = f"{type(exc).__name__}: {exc}"
-            return
+            editing.message = f"**Error:** {type(exc).__name__}: {exc}"
         self._refresh(ctx)
 
-    def _save(self, ctx) -> str:
-        pending = ctx.panel.state.pending or []
-        if not pending:
+    def _save(self, ctx, editing: Editing) -> str:
+        if not editing.pending:
             return "No new clicks to save."
-        sample = ctx.dataset[ctx.panel.state.sample_id]
-        refine(sample, pending, label_field=self._run(ctx), segmenter=_refiner(), from_step=ctx.panel.state.from_step)
-        ctx.panel.state.set({"pending": [], "from_step": None})
+        sample = ctx.dataset[editing.sample_id]
+        refine(sample, editing.pending, label_field=editing.label_field, segmenter=_refiner(),
+               from_step=editing.from_step)
+        saved = len(editing.pending)
+        editing.pending, editing.from_step = [], None
         ctx.ops.reload_samples()
-        return f"Saved {len(pending)} human step{'s' if len(pending) > 1 else ''}."
+        return f"Saved {saved} human step{'s' if saved > 1 else ''}."
 
-    def _continue(self, ctx) -> str:
-        saved = self._save(ctx) if ctx.panel.state.pending else ""
-        sample = ctx.dataset[ctx.panel.state.sample_id]
+    def _continue(self, ctx, editing: Editing) -> str:
+        saved = self._save(ctx, editing) if editing.pending else ""
+        sample = ctx.dataset[editing.sample_id]
         policy, _ = default_models()
-        correction = continue_agent(sample, label_field=self._run(ctx), policy=policy_for(policy),
-                                    segmenter=_refiner(), from_step=ctx.panel.state.from_step)
-        ctx.panel.state.from_step = None
+        correction = continue_agent(sample, label_field=editing.label_field, policy=policy_for(policy),
+                                    segmenter=_refiner(), from_step=editing.from_step)
+        editing.from_step = None
         ctx.ops.reload_samples()
         added = sum(step.mask is not None for step in correction.new)
         end = correction.trace.end_reason.value
         return f"{saved} The agent ({policy}) added {added} step{'' if added == 1 else 's'} and ended: {end}.".strip()
 
-    def _run(self, ctx) -> str:
-        return ctx.panel.state.label_field
-
     def _refresh(self, ctx) -> None:
         """Replay the correction on the current sample and push the figure and the step list; any problem becomes
         the panel's error message."""
-        ctx.panel.state.set({"error": None, "steps_md": None, "figure_layout": None})
+        editing = editing_for(ctx)
+        ctx.panel.state.set({"error": None, "steps_md": None, "figure_layout": None, "message": editing.message,
+                             "positive": editing.positive, "pending": [list(click) for click in editing.pending]})
         ctx.panel.data.set({"figure": []})
         try:
-            self._draw(ctx)
+            self._draw(ctx, editing)
         except Exception as exc:  # shown in the panel: it never goes blank
             ctx.panel.state.error = f"{type(exc).__name__}: {exc}"
 
-    def _draw(self, ctx) -> None:
-        sample_id = ctx.panel.state.sample_id
-        if not sample_id:
+    def _draw(self, ctx, editing: Editing) -> None:
+        if not editing.sample_id:
             raise ValueError("open a sample: this panel works on the sample shown in the modal")
-        sample = ctx.dataset[sample_id]
+        sample = ctx.dataset[editing.sample_id]
         runs = agent_runs(ctx.dataset)
         if not runs:
             raise ValueError("no agent run on this dataset: run SAM-Veteran: Run agent first")
-        run = next(r for r in (ctx.panel.state.label_field, DEFAULT_LABEL_FIELD, runs[0]) if r in runs)
-        ctx.panel.state.set({"runs": runs, "label_field": run})
-        history = read_history(sample, run)
-        from_step = ctx.panel.state.from_step
-        correction = _refiner().start(history, from_step)
-        for x, y, positive in ctx.panel.state.pending or []:
+        editing.label_field = next(r for r in (editing.label_field, DEFAULT_LABEL_FIELD, runs[0]) if r in runs)
+        ctx.panel.state.set({"runs": runs, "label_field": editing.label_field})
+        history = read_history(sample, editing.label_field)
+        correction = _refiner().start(history, editing.from_step)
+        for x, y, positive in editing.pending:
             correction.click(x, y, positive)
+        editing.shown_step = correction.from_step
         ctx.panel.state.set({"steps": [str(i) for i in history.steps], "from_step": correction.from_step,
                              "steps_md": steps_markdown(history, correction),
-                             "query": f"**{run}** on *{history.query or '(no query)'}*"})
+                             "query": f"**{editing.label_field}** on *{history.query or '(no query)'}*"})
         traces, layout = figure(correction)
         ctx.panel.state.figure_layout = layout
         ctx.panel.data.set({"figure": traces})
@@ -155,9 +200,9 @@ class RefinePanel(foo.Panel):
         panel = types.Object()
         state = ctx.panel.state
         if state.query:
-            panel.md(state.query, name="query")
+            panel.md(state.query, name="query_line")
         if state.error:
-            panel.md(f"**Error:** {state.error}", name="error")
+            panel.md(f"**Error:** {state.error}", name="error_line")
         if state.figure_layout:
             panel.plot("figure", layout=state.figure_layout, on_click=self.on_click_image,
                        config={"displayModeBar": False, "scrollZoom": False, "doubleClick": False})
@@ -170,15 +215,18 @@ class RefinePanel(foo.Panel):
                      disabled=not state.steps)
         if state.steps:
             picks = panel.h_stack("picks", align_x="left", gap=2)
-            picks.enum("from_step", state.steps, default=str(state.from_step), label="Refine from step",
+            # named by what it shows, so a new history or start step draws a new dropdown rather than one still
+            # holding the value the App sent with the panel's loaded state
+            picks.enum(f"from_step_{state.from_step}_of_{len(state.steps)}", state.steps,
+                       default=str(state.from_step), label="Refine from step",
                        view=types.DropdownView(), on_change=self.on_reset)
             if len(state.runs or []) > 1:
                 picks.enum("label_field", state.runs, default=state.label_field, label="Run",
                            view=types.DropdownView(), on_change=self.on_change_run)
         if state.message:
-            panel.md(state.message, name="message")
+            panel.md(state.message, name="message_line")
         if state.steps_md:
-            panel.md(state.steps_md, name="steps_md")
+            panel.md(state.steps_md, name="steps_table")
         return types.Property(panel, view=types.GridView(orientation="vertical", columns=1, pad=2, gap=2))
 
 
