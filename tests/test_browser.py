@@ -21,14 +21,10 @@ import fiftyone.server.main
 import numpy as np
 import pytest
 
-from sam_veteran.plugin.agent import Agent, AgentConfig, OraclePolicy, load_segmenter
 from sam_veteran.plugin.agent.clicks import next_click
-from sam_veteran.plugin.demo import build_demo_dataset
-from sam_veteran.plugin.evaluation import evaluate
-from sam_veteran.plugin.inference import run_agent
+from sam_veteran.plugin.demo import run_demo
 from sam_veteran.plugin.labels import AGENT, HUMAN, placed_crop
-from sam_veteran.plugin.model import SamVeteranModel
-from sam_veteran.plugin.refine import POLICY_ENV
+from sam_veteran.plugin.refine import POLICY_ENV, read_history, refiner_for
 
 pytestmark = pytest.mark.browser
 
@@ -50,12 +46,10 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    """Four demo scenes with real results under `veteran`: the simulated user (the ground truth's box, then the
-    protocol's clicks) driving the shipped mini segmenter."""
+    """The demo on four scenes, as `sam-veteran demo` makes it: the shipped mini agent under `veteran` and the
+    simulated user under `oracle`, both with the mini segmenter and evaluated (keys `eval` and `oracle`)."""
     name = f"browser-scenes-{uuid.uuid4().hex[:8]}"  # the database may be shared with other test sessions
-    dataset = build_demo_dataset(tmp_path_factory.mktemp("scenes"), num_samples=4, name=name)
-    agent = Agent(OraclePolicy(stop_iou=0.95), load_segmenter("mini", device="cpu"), AgentConfig(max_steps=2))
-    run_agent(dataset, SamVeteranModel(agent=agent))
+    dataset, _ = run_demo("mini", "mini", tmp_path_factory.mktemp("scenes"), num_samples=4, name=name)
     yield dataset
     dataset.delete()
 
@@ -63,7 +57,8 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_url(installed_plugin, scenes):
     """The App server on a free local port, ended by its PID. Its refine panel's policy is the simulated user
-    (`refine.POLICY_ENV`), which reads the scenes' ground truth."""
+    (`refine.POLICY_ENV`; it reads the scenes' ground truth), so that letting the agent continue surely adds
+    steps: the mini agent mostly stops at once."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -122,10 +117,20 @@ def new_page(browser):
         page.close()
 
 
+def open_grid(page, url: str) -> None:
+    """Open the dataset's grid; close the modal if the App brings back the one an earlier test left open."""
+    page.goto(url)
+    page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
+    page.wait_for_timeout(1500)  # the App restores its session's modal after the grid appears
+    if page.locator("[data-cy=modal]").count():
+        page.locator("[data-cy=modal-looker-container]").click()  # Escape closes the modal from its image
+        page.keyboard.press("Escape")
+        page.locator("[data-cy=modal]").wait_for(state="detached", timeout=10_000)
+
+
 def test_run_sam_veteran_from_the_operator_browser(new_page, app_url, scenes, tiny_models):
     page = new_page()
-    page.goto(f"{app_url}/datasets/{scenes.name}")
-    page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
+    open_grid(page, f"{app_url}/datasets/{scenes.name}")
     for field in ("veteran_mask", "veteran_steps", "veteran_clicks"):
         page.get_by_text(field, exact=True).wait_for()
     page.screenshot(path=ARTIFACTS / "01-grid-with-agent-results.png")
@@ -173,26 +178,30 @@ def _full_mask(detection, width, height):
 
 
 def test_correct_a_mask_in_the_refine_panel_and_let_the_agent_continue(new_page, app_url, scenes):
-    """The sample the agent did worst on; the click is the simulated user's (the largest error's interior), so the
-    agent (the simulated user, stopping at IoU 0.9) still has work to do after it."""
+    """On the sample the mini agent did worst on, a person makes the simulated user's two clicks (each at the
+    largest error's interior, computed here with the SDK's own refiner, exactly as the panel refines), saves them
+    and lets the agent continue: the simulated user, stopping at IoU 0.9, stands in for it."""
     def iou(sample):
         gt, mask = sample.ground_truth.mask > 0, sample.veteran_mask.mask > 0
         return np.count_nonzero(gt & mask) / np.count_nonzero(gt | mask)
 
-    sample = min(scenes, key=iou)
+    sample = min((s for s in scenes if s.veteran_mask is not None), key=iou)
     width, height = sample.metadata.width, sample.metadata.height
-    before = _full_mask(sample.veteran_steps.detections[-1], width, height)
-    (x, y), positive = next_click(before, sample.ground_truth.mask > 0)
+    truth = sample.ground_truth.mask > 0
     stored = len(sample.veteran_steps.detections)
+    before = _full_mask(sample.veteran_steps.detections[-1], width, height)
+    correction = refiner_for("mini").start(read_history(sample))
+    clicks = []
+    for _ in range(2):
+        (x, y), positive = next_click(correction.mask, truth)
+        clicks.append((x, y, positive))
+        correction.click(x, y, positive)
 
     page = new_page()
-    page.goto(f"{app_url}/datasets/{scenes.name}")
     panel = page.locator("[data-cy=panel-content-sam_veteran_refine]")
     image = panel.locator(".js-plotly-plot .nsewdrag").first
     try:
-        page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
-        if page.locator("[data-cy=modal]").count():
-            page.keyboard.press("Escape")
+        open_grid(page, f"{app_url}/datasets/{scenes.name}")
         page.locator("[data-cy=fo-grid] [data-cy=looker]").nth(scenes.values("id").index(sample.id)).click()
         page.click("[data-cy=panel-tab-sam_veteran_refine]", timeout=60_000)
         image.wait_for(timeout=60_000)
@@ -200,38 +209,45 @@ def test_correct_a_mask_in_the_refine_panel_and_let_the_agent_continue(new_page,
         panel.get_by_text(sample.query).wait_for()
     finally:
         page.screenshot(path=ARTIFACTS / "06-refine-open.png")
-    if not positive:
-        panel.get_by_text("Positive click").click()
-        panel.locator("input[type=checkbox]:not(:checked)").first.wait_for()
-    area = image.bounding_box()
-    at = (area["x"] + x / width * area["width"], area["y"] + y / height * area["height"])
-    page.mouse.move(*at)  # plotly reports a click on the point it hovers
-    page.wait_for_timeout(300)
-    page.mouse.click(*at)
-    panel.get_by_text(f"{stored} (unsaved)").wait_for(timeout=30_000)
+    switch = panel.locator("input[type=checkbox]").first
+    for i, (x, y, positive) in enumerate(clicks):
+        if switch.is_checked() != positive:
+            panel.get_by_text("Positive click").click()
+            panel.locator(f"input[type=checkbox]{':checked' if positive else ':not(:checked)'}").first.wait_for()
+        area = image.bounding_box()
+        at = (area["x"] + x / width * area["width"], area["y"] + y / height * area["height"])
+        page.mouse.move(*at)  # plotly reports a click on the point it hovers
+        page.wait_for_timeout(300)
+        page.mouse.click(*at)
+        panel.get_by_text(f"{stored + i} (unsaved)").wait_for(timeout=30_000)
+    page.mouse.move(area["x"], area["y"] + area["height"] + 40)  # the hover label off the clicks
     page.wait_for_timeout(500)
-    page.screenshot(path=ARTIFACTS / "07-refine-click.png")
+    page.screenshot(path=ARTIFACTS / "07-refine-two-clicks.png")
 
     panel.get_by_role("button", name="Save").click()
-    panel.get_by_text("Saved 1 human step.").wait_for(timeout=30_000)
+    panel.get_by_text("Saved 2 human steps.").wait_for(timeout=30_000)
     page.screenshot(path=ARTIFACTS / "08-refine-saved.png")
     sample.reload()
     steps = sample.veteran_steps.detections
-    assert len(steps) == stored + 1 and steps[-1].source == HUMAN
-    assert steps[-1].action == ("positive" if positive else "negative")
-    (cx, cy), = sample.veteran_clicks.keypoints[-1].points
-    assert abs(cx * width - x) <= 1 and abs(cy * height - y) <= 1  # the panel's click cells: 1 px on these scenes
+    assert len(steps) == stored + 2 and [d.source for d in steps[-2:]] == [HUMAN, HUMAN]
+    assert [d.action for d in steps[-2:]] == ["positive" if c[2] else "negative" for c in clicks]
+    saved = [keypoint.points[0] for keypoint in sample.veteran_clicks.keypoints[-2:]]
+    for (cx, cy), (x, y, _) in zip(saved, clicks):
+        assert abs(cx * width - x) <= 1 and abs(cy * height - y) <= 1  # the panel's click cells: 1 px here
     after = _full_mask(steps[-1], width, height)
-    r, px, py = 16, int(x), int(y)
-    assert np.count_nonzero((after ^ before)[max(py - r, 0) : py + r, max(px - r, 0) : px + r]) > 0
+    assert np.array_equal(after, correction.mask)  # what the panel saved is what the SDK computes
+    r = 16
+    for x, y, _ in clicks:  # the mask changed near each click
+        px, py = int(x), int(y)
+        assert np.count_nonzero((after ^ before)[max(py - r, 0) : py + r, max(px - r, 0) : px + r]) > 0
 
     panel.get_by_role("button", name="Let the agent continue").click()
     panel.get_by_text("The agent (oracle) added").wait_for(timeout=60_000)
     page.wait_for_timeout(500)
     page.screenshot(path=ARTIFACTS / "09-refine-continued.png")
     sample.reload()
-    added = sample.veteran_steps.detections[stored + 1 :]
-    assert added and all(d.source == AGENT for d in added) and added[0].base_step == stored
+    added = sample.veteran_steps.detections[stored + 2 :]
+    assert added and all(d.source == AGENT for d in added) and added[0].base_step == stored + 1
     assert sample.veteran_mask.end_reason in ("agent_stopped", "step_cap")
 
 
@@ -250,22 +266,16 @@ LAYOUT_JS = """() => {
 
 @pytest.mark.parametrize("size", [(1400, 900), (1000, 760)], ids=["default", "narrow"])
 def test_the_evaluation_panel_fills_its_split(new_page, app_url, scenes, size):
-    if "zero" not in scenes.list_evaluations():
-        evaluate(scenes, "veteran", eval_key="eval")
-        evaluate(scenes, "veteran", eval_key="zero", protocol="empty_zero")
     page = new_page(*size)
-    page.goto(f"{app_url}/datasets/{scenes.name}")
-    page.wait_for_selector("[data-cy=fo-grid] [data-cy=looker] canvas", timeout=60_000)
-    if page.locator("[data-cy=modal]").count():
-        page.keyboard.press("Escape")
+    open_grid(page, f"{app_url}/datasets/{scenes.name}")
     panel = page.locator("[data-cy=panel-content-sam_veteran_evaluation]")
     if not panel.count():
         page.click("[data-cy=new-panel-btn]")
         page.click("[data-cy=new-panel-option-sam_veteran_evaluation]")
     panel.locator(".js-plotly-plot").nth(2).wait_for(timeout=60_000)
-    panel.get_by_role("combobox").nth(1).click()  # compare with the second evaluation
-    page.get_by_role("option", name="zero", exact=True).click()
-    panel.get_by_text("zero at this step").wait_for(timeout=30_000)
+    panel.get_by_role("combobox").nth(1).click()  # compare the agent with the simulated user
+    page.get_by_role("option", name="oracle", exact=True).click()
+    panel.get_by_text("oracle at this step").wait_for(timeout=30_000)
     page.wait_for_timeout(1000)
     page.screenshot(path=ARTIFACTS / f"10-evaluation-panel-{size[0]}x{size[1]}.png")
 
@@ -276,4 +286,4 @@ def test_the_evaluation_panel_fills_its_split(new_page, app_url, scenes, size):
     for title in layout["titles"]:
         assert not title["clipped"] and left <= title["left"] and title["right"] <= right, title
     assert layout["firstTicks"][0] == "0" and layout["firstTicks"][2] == "0", layout
-    assert {"eval gIoU", "zero gIoU"} <= set(layout["legends"][0]), layout
+    assert {"eval gIoU", "oracle gIoU"} <= set(layout["legends"][0]), layout
