@@ -67,6 +67,25 @@ def test_a_persons_click_refines_exactly_as_the_agent_did(ran):
         assert correction.new[0].score == pytest.approx(steps[2].confidence, abs=1e-5)
 
 
+def test_the_shipped_mini_policy_continues_from_a_correction(scenes):
+    """The App's default policy, the real mini Qwen2.5-VL, through the agent's prompts and parser: whatever it
+    answers (a click, a stop or an unreadable answer), the run ends with that reason and keeps the human step."""
+    sample = scenes.skip(1).first()
+    x, y = _centre(sample.ground_truth.mask > 0)
+    sam_veteran.refine(sample, [(x, y, True)], segmenter="mini")
+    stored = len(sample.veteran_steps.detections)
+    correction = sam_veteran.continue_agent(sample, policy="mini", segmenter="mini", max_steps=2)
+
+    sample.reload()
+    steps = sample.veteran_steps.detections
+    assert steps[stored - 1].get_field("source") == "human"
+    assert len(steps) == stored + sum(step.mask is not None for step in correction.new) <= stored + 2
+    assert all(d.get_field("source") == "agent" for d in steps[stored:])
+    assert sample.veteran_mask.end_reason == correction.end_reason.value
+    assert correction.end_reason.value in ("agent_stopped", "step_cap", "parse_failure")
+    assert correction.new and correction.new[0].text  # the policy's own answer to the corrected mask
+
+
 def test_refine_saves_human_steps_after_the_agents(scenes):
     sample = scenes.first()
     before = [d.step for d in sample.veteran_steps.detections]
