@@ -1,19 +1,7 @@
 """The benchmarks' own code paths: the GPU agent benchmark's CPU dry run, and the evaluation benchmark's baselines
 computing what the project's metric computes."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import BENCH, load
 
 
 def test_gpu_agent_dry_run(tmp_path):

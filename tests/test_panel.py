@@ -7,7 +7,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 from eval_data import make_agent_dataset
-from fiftyone.operators.executor import ExecutionContext, Executor
+from panel_events import panel_event
 from PIL import Image
 
 from sam_veteran.plugin.evaluation import evaluate
@@ -26,15 +26,7 @@ def evaluated(tmp_path):
 
 
 def _call(dataset, method, state, **params):
-    """Run one panel event as the App does: the handler, then render; returns (state, requests by operator)."""
-    executor = Executor()
-    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": {
-        "panel_id": "panel-1", "panel_state": state, "__method__": method, **params}}, executor=executor)
-    EvaluationPanel().execute(ctx)
-    requests = {}
-    for request in executor._requests:
-        requests.setdefault(request.operator_uri, []).append(request.params)
-    return ctx.panel_state, requests
+    return panel_event(EvaluationPanel(), dataset, method, state, **params)
 
 
 def _shown(dataset, requests):

@@ -6,7 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
-from fiftyone.operators.executor import ExecutionContext, Executor
+from panel_events import panel_event
 
 import sam_veteran
 from sam_veteran.plugin.agent import Agent, AgentConfig, OraclePolicy, load_segmenter
@@ -194,15 +194,7 @@ def test_default_models_follow_the_environment(monkeypatch):
 
 
 def _panel(dataset, method, state, sample_id, **params):
-    """One refine-panel event as the App runs it: the handler, then render; (state, requests by operator)."""
-    executor = Executor()
-    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "current_sample": sample_id, "params": {
-        "panel_id": "refine-1", "panel_state": state, "__method__": method, **params}}, executor=executor)
-    RefinePanel().execute(ctx)
-    requests = {}
-    for request in executor._requests:
-        requests.setdefault(request.operator_uri, []).append(request.params)
-    return ctx.panel_state, requests
+    return panel_event(RefinePanel(), dataset, method, state, current_sample=sample_id, **params)
 
 
 def test_the_panel_refines_saves_and_continues(scenes, monkeypatch):
