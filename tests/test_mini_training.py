@@ -73,3 +73,40 @@ def test_policy_training_items_line_up_with_the_chat(tmp_path):
         assert tokenizer.decode(labelled) == answer + tokenizer.eos_token
     ids = tokenizer("[12, 168]", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_tokens_to_ids("12") in ids and tokenizer.convert_tokens_to_ids("168") in ids
+
+
+def test_the_query_word_probe_reads_the_words_of_every_query_kind():
+    from sam_veteran.plugin.scenes import COLORS, QUERY_KINDS, SHAPES
+
+    for index, kind in enumerate(QUERY_KINDS):
+        scene = make_scene("train", index, kind=kind)
+        colour, shape = mini_policy.query_words(scene)
+        words = scene.query.split()
+        assert (colour is None) == (not set(words) & set(COLORS))
+        assert colour is None or list(COLORS)[colour] in words
+        assert shape is None or SHAPES[shape] in words
+    assert mini_policy.query_words(make_scene("train", 0, kind="referring")) != (None, None)
+
+
+def test_the_binding_loss_asks_every_image_token_for_the_query_colour(tmp_path):
+    """A query-colour probe that names the query's colour gives a lower binding loss than one naming another."""
+    from sam_veteran.plugin.scenes import COLORS
+
+    torch.manual_seed(0)
+    model, processor = mini_policy.build_policy()
+    grid = mini_policy.FAMILY.input_size[0] // 28
+    probes = mini_policy.Probes(model.config.text_config.hidden_size, grid)
+    source = mini_policy.ItemSource(mini_policy.PolicyTrainConfig(output=str(tmp_path), curriculum_steps=0))
+    request, answer, scene = source.item(0, 0, np.random.default_rng(0))
+    inputs = mini_policy.encode_batch(processor, [(request, answer)])
+    with torch.no_grad():
+        outputs = model(**inputs, output_hidden_states=True)
+    colour = mini_policy.query_words(scene)[0]
+    losses = []
+    for named in (colour, (colour + 1) % len(COLORS)):
+        with torch.no_grad():
+            probes.query_color.weight.zero_()
+            probes.query_color.bias.zero_()
+            probes.query_color.bias[named] = 20.0
+        losses.append(float(mini_policy._probe_losses(model, probes, outputs, inputs, [scene], grid)[1]))
+    assert losses[1] - losses[0] > 5

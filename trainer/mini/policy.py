@@ -14,8 +14,11 @@ the architecture and the agent untouched:
   from the language model's hidden state after `PROBE_LAYER` layers (Qwen2.5-VL's vision tower has rotary
   positions only, so absolute position must be built in the language model, from the image's start token), and
   the colour and shape under each token from the vision tower's output; and, weighted apart (`binding_weight`),
-  binding probes on each shape token at the same layer: is it the query's target, do its colour and its shape
-  occur in the query (`mention_labels`);
+  binding probes at the same layer: every image token must carry the query's colour and shape words
+  (`query_words`), and each shape token: is it the query's target, do its colour and its shape occur in the query
+  (`mention_labels`). The query-word probe is what made the policy bind: without it the image tokens held their
+  own colour (a linear probe: 0.98) but not the query's (0.36-0.44, chance 0.20; `bench/mini_binding.py`), and the
+  policy boxed the same shape whichever of two shapes it was asked for;
 - a pointer loss: one attention head of layer `POINTER_LAYER`, at the positions that predict a box coordinate, is
   asked to attend to the target's image tokens. Without it the read-out stays on a plateau (uniform attention
   makes the attended value the image's average, so nothing tells the head where to look): seen here for 900
@@ -71,7 +74,7 @@ class PolicyTrainConfig:
     refine_share: float = 0.0  # share of refinement items (needs the mini segmenter)
     segmenter: str | None = None
     probe_weight: float = 0.3
-    binding_weight: float = 1.0  # the probes that bind the query to the image tokens (target, mentioned words)
+    binding_weight: float = 3.0  # the probes that bind the query to the image tokens (query words, target, mentioned)
     coordinate_weight: float = 1.0
     pointer_weight: float = 0.5
     coordinate_sigma: float = 2.0
@@ -259,6 +262,8 @@ class Probes(torch.nn.Module):
         self.color = torch.nn.Linear(hidden, len(COLORS) + 1)
         self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
         self.mentioned = torch.nn.Linear(hidden, 2)  # does the token's colour / shape occur in the query?
+        self.query_color = torch.nn.Linear(hidden, len(COLORS))  # the query's colour and shape words, from every
+        self.query_shape = torch.nn.Linear(hidden, len(SHAPES))  # image token (`query_words`)
 
 
 def token_labels(scene: Scene, family: ModelFamily, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -292,6 +297,13 @@ def mention_labels(scene: Scene, colour: np.ndarray, shape: np.ndarray) -> np.nd
     colours = [k + 1 for k, c in enumerate(COLORS) if c in words]
     shapes = [k + 1 for k, s in enumerate(SHAPES) if s in words]
     return np.stack([np.isin(colour, colours), np.isin(shape, shapes)], axis=1).astype(np.float32)
+
+
+def query_words(scene: Scene) -> tuple[int | None, int | None]:
+    """The index of the query's colour word and of its shape word (None where it has none)."""
+    words = scene.query.split()
+    colour = next((k for k, c in enumerate(COLORS) if c in words), None)
+    return colour, next((k for k, s in enumerate(SHAPES) if s in words), None)
 
 
 def encode_batch(processor, items: list[tuple[PolicyRequest, str]], family: ModelFamily = FAMILY):
@@ -395,7 +407,7 @@ def _probe_losses(model, probes: Probes, outputs, inputs, scenes: list[Scene], g
     vision = outputs.hidden_states[0]
     positions = torch.arange(grid * grid)
     rows, cols = positions // grid, positions % grid
-    losses, binding = [], []
+    losses, binding, words = [], [], []
     for b, scene in enumerate(scenes):
         where = (inputs["input_ids"][b] == image_token).nonzero()[:, 0]
         if len(where) != grid * grid:
@@ -410,9 +422,14 @@ def _probe_losses(model, probes: Probes, outputs, inputs, scenes: list[Scene], g
             mentioned = torch.from_numpy(mention_labels(scene, colour, shape))
             binding += [F.cross_entropy(probes.target(h[shown]), torch.from_numpy(target)[shown]),
                         F.binary_cross_entropy_with_logits(probes.mentioned(h[shown]), mentioned[shown])]
-    if not losses:
-        return torch.zeros(()), torch.zeros(())
-    return torch.stack(losses).mean(), torch.stack(binding).mean() if binding else torch.zeros(())
+        for head, word in zip((probes.query_color, probes.query_shape), query_words(scene)):
+            if word is not None:
+                words.append(F.cross_entropy(head(h), torch.full((len(h),), word)))
+    return _mean(losses), _mean(binding) + _mean(words)
+
+
+def _mean(terms: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
 class CoordinateLoss:
