@@ -1,5 +1,5 @@
-"""The mini policy's GRPO stage learns: a short run from the shipped mini policy (the repository keeps no separate
-warm-up checkpoint: the weights' budget), on the paper's rewards, against a control with a learning rate of 0 and
+"""The mini policy's GRPO stage learns: a short run from the warm-up checkpoint (the shipped mini policy is the
+warm-up's: docs/mini.md says why), on the paper's rewards, against a control with a learning rate of 0 and
 everything else equal (seed, scenes, prompts, sampling).
 
 The control makes the comparison exact: both runs generate the first step's rollouts from the same weights, so
