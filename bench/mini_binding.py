@@ -29,7 +29,7 @@ from sam_veteran.plugin.agent.parsing import AnswerError, parse_grounding
 from sam_veteran.plugin.agent.policy import PolicyRequest, TransformersPolicy, messages
 from sam_veteran.plugin.agent.shipped import SHIPPED
 from sam_veteran.plugin.scenes import COLORS, SHAPES, make_scene
-from sam_veteran.trainer.mini.policy import FAMILY, expert_text, token_labels
+from sam_veteran.trainer.mini.policy import FAMILY, expert_text, mention_labels, query_words, token_labels
 from sam_veteran.trainer.rewards import box_iou, mask_box
 
 PROBE_FIT, PROBE_SCORED = 200, 100  # scenes
@@ -51,9 +51,8 @@ def measure(policy: str, scenes: int) -> dict[int, np.ndarray]:
     rows: dict[int, list[list[np.ndarray]]] = {}
     for index in range(scenes):
         scene = make_scene("val", index, kind="referring")
-        words = scene.query.split()
-        colour_word = next(c for c in COLORS if c in words)
-        shape_word = next(s for s in SHAPES if s in words)
+        colour_index, shape_index = query_words(scene)
+        colour_word, shape_word = list(COLORS)[colour_index], SHAPES[shape_index]
         view = policy_view(scene.image, FAMILY.input_size)
         request = PolicyRequest(view, FAMILY.grounding_prompt(scene.query))
         text = processor.apply_chat_template(messages(request, FAMILY), add_generation_prompt=True, tokenize=False)
@@ -62,8 +61,7 @@ def measure(policy: str, scenes: int) -> dict[int, np.ndarray]:
         image = [k for k, t in enumerate(ids) if t == image_token]
         colour, shape, _ = token_labels(scene, FAMILY, int(round(len(image) ** 0.5)))
         on_shape = colour > 0
-        queried_colour = on_shape & (colour == list(COLORS).index(colour_word) + 1)
-        queried_shape = on_shape & (shape == SHAPES.index(shape_word) + 1)
+        queried_colour, queried_shape = mention_labels(scene, colour, shape).T.astype(bool)
         with torch.no_grad():
             attentions = model(**inputs, output_attentions=True).attentions
         for layer, attention in enumerate(attentions):
@@ -132,7 +130,7 @@ def hidden_state_probes(policy: str) -> dict[str, list[float]]:
     image_rows, answer_rows, own, queried, scene_of, answer_queried = [], [], [], [], [], []
     for index in range(PROBE_FIT + PROBE_SCORED):
         scene = make_scene("val", 1000 + index, kind="referring")
-        colour_word = list(COLORS).index(next(c for c in COLORS if c in scene.query.split()))
+        colour_word = query_words(scene)[0]
         view = policy_view(scene.image, FAMILY.input_size)
         request = PolicyRequest(view, FAMILY.grounding_prompt(scene.query))
         text = processor.apply_chat_template(messages(request, FAMILY), add_generation_prompt=True, tokenize=False)

@@ -9,7 +9,7 @@ import torch
 
 from sam_veteran.plugin.agent.parsing import parse_grounding, parse_refinement
 from sam_veteran.plugin.agent.segmenters import build_sam
-from sam_veteran.plugin.scenes import make_scene
+from sam_veteran.plugin.scenes import COLORS, QUERY_KINDS, SHAPES, make_scene
 from sam_veteran.trainer.mini import policy as mini_policy
 from sam_veteran.trainer.mini.segmenter import (PIXEL_MEAN, PIXEL_STD, ScenePool, SegmenterTrainConfig, decode_batch,
                                                 train_segmenter)
@@ -76,8 +76,6 @@ def test_policy_training_items_line_up_with_the_chat(tmp_path):
 
 
 def test_the_query_word_probe_reads_the_words_of_every_query_kind():
-    from sam_veteran.plugin.scenes import COLORS, QUERY_KINDS, SHAPES
-
     for index, kind in enumerate(QUERY_KINDS):
         scene = make_scene("train", index, kind=kind)
         colour, shape = mini_policy.query_words(scene)
@@ -90,8 +88,6 @@ def test_the_query_word_probe_reads_the_words_of_every_query_kind():
 
 def test_the_binding_loss_asks_every_image_token_for_the_query_colour(tmp_path):
     """A query-colour probe that names the query's colour gives a lower binding loss than one naming another."""
-    from sam_veteran.plugin.scenes import COLORS
-
     torch.manual_seed(0)
     model, processor = mini_policy.build_policy()
     grid = mini_policy.FAMILY.input_size[0] // 28

@@ -290,20 +290,20 @@ def token_labels(scene: Scene, family: ModelFamily, grid: int) -> tuple[np.ndarr
     return colour.ravel(), shape.ravel(), target.ravel()
 
 
-def mention_labels(scene: Scene, colour: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    """Per image token, whether its colour and its shape are words of the query: the two halves of binding a
-    query to the image, each learnable by one attention lookup (the conjunction "is the target" is not)."""
-    words = scene.query.split()
-    colours = [k + 1 for k, c in enumerate(COLORS) if c in words]
-    shapes = [k + 1 for k, s in enumerate(SHAPES) if s in words]
-    return np.stack([np.isin(colour, colours), np.isin(shape, shapes)], axis=1).astype(np.float32)
-
-
 def query_words(scene: Scene) -> tuple[int | None, int | None]:
-    """The index of the query's colour word and of its shape word (None where it has none)."""
+    """The index of the query's colour word and of its shape word (None where it has none; a query names at most
+    one of each)."""
     words = scene.query.split()
     colour = next((k for k, c in enumerate(COLORS) if c in words), None)
     return colour, next((k for k, s in enumerate(SHAPES) if s in words), None)
+
+
+def mention_labels(scene: Scene, colour: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """Per image token (labels as `token_labels` gives them, 0 = background), whether its colour and its shape
+    are words of the query: the two halves of binding a query to the image, each learnable by one attention
+    lookup (the conjunction "is the target" is not)."""
+    named = [-1 if k is None else k + 1 for k in query_words(scene)]
+    return np.stack([colour == named[0], shape == named[1]], axis=1).astype(np.float32)
 
 
 def encode_batch(processor, items: list[tuple[PolicyRequest, str]], family: ModelFamily = FAMILY):
