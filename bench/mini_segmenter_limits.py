@@ -20,11 +20,12 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_veteran.plugin.agent.clicks import next_click
 from sam_veteran.plugin.agent.segmenters import load_segmenter
+from sam_veteran.plugin.metrics import NOC_CAP, mean_clicks_to_reach
 from sam_veteran.plugin.scenes import make_scene
 from sam_veteran.trainer.rewards import mask_box, mask_iou
 
 IMAGE_SIZE, LOW_RES = 256, 64
-CLICKS_SHOWN = (0, 1, 2, 3, 5, 10, 20)
+CLICKS_SHOWN = (0, 1, 2, 3, 5, 10, NOC_CAP)
 
 
 def resolution_ceiling(gt: np.ndarray) -> float:
@@ -57,10 +58,6 @@ def click_curve(segmenter, scene, clicks: int) -> list[float]:
     return ious
 
 
-def noc(curve: list[float], threshold: float) -> int:
-    return next((k for k, iou in enumerate(curve) if iou >= threshold), len(curve) - 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--segmenter", default="mini")
@@ -75,13 +72,14 @@ def main() -> None:
         curves.append(click_curve(segmenter, scene, max(CLICKS_SHOWN)))
         by_shape.setdefault(scene.target[1], []).append(curves[-1][0])
     curve = np.mean(curves, axis=0)
+    sessions = [(c, range(len(c))) for c in curves]  # one click per step after the box
     summary = {
         "scenes": args.scenes, "segmenter": args.segmenter,
         "resolution_ceiling": round(float(np.mean(ceilings)), 3),
         "resolution_ceiling_share_at_0.90": round(float(np.mean(np.array(ceilings) >= 0.9)), 3),
         "iou_after_clicks": {str(k): round(float(curve[k]), 3) for k in CLICKS_SHOWN},
-        "noc85": round(float(np.mean([noc(c, 0.85) for c in curves])), 2),
-        "noc90": round(float(np.mean([noc(c, 0.90) for c in curves])), 2),
+        "noc85": round(mean_clicks_to_reach(sessions, 0.85), 2),
+        "noc90": round(mean_clicks_to_reach(sessions, 0.90), 2),
         "gt_box_iou_by_shape": {shape: round(float(np.mean(v)), 3) for shape, v in sorted(by_shape.items())},
     }
     print(f"resolution ceiling (64x64 low-res mask): {summary['resolution_ceiling']} "
